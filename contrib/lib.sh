@@ -1,0 +1,65 @@
+# shellcheck shell=bash
+# contrib/lib.sh - shared by contrib/check and contrib/demo (sourced, not run).
+#
+# Sets REPO (the source tree) and provides:
+#   bd_install_deps   install the Debian packages batchd needs to build and test,
+#                     skipping apt entirely when they are all installed already
+#   bd_as_root CMD..  run CMD as root (directly, or via sudo)
+#   bd_say MSG        a progress line on stderr
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+BD_PACKAGES=(
+	build-essential autoconf automake libtool pkg-config
+	libevent-dev libpq-dev libcurl4-openssl-dev libyajl-dev libsystemd-dev
+	libinih-dev libcmocka-dev
+	postgresql-15 postgresql-client-15
+	python3 python3-pytest python3-psycopg
+	curl
+)
+
+bd_say() { printf '==> %s\n' "$*" >&2; }
+
+bd_as_root() {
+	if [ "$(id -u)" -eq 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		echo "need root (or sudo) for: $*" >&2
+		return 1
+	fi
+}
+
+# Packages from BD_PACKAGES that are not fully installed.
+bd_missing_packages() {
+	local p status
+	for p in "${BD_PACKAGES[@]}"; do
+		status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+		[ "$status" = installed ] || printf '%s\n' "$p"
+	done
+}
+
+bd_install_deps() {
+	local missing
+	missing=$(bd_missing_packages)
+	if [ -z "$missing" ]; then
+		bd_say "Debian packages: all installed"
+		return 0
+	fi
+	# shellcheck disable=SC2086
+	bd_say "installing Debian packages:" $missing
+	export DEBIAN_FRONTEND=noninteractive
+	bd_as_root apt-get update -q
+	# shellcheck disable=SC2086
+	bd_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+}
+
+# Regenerate the build system when configure is missing or older than its inputs.
+bd_autoreconf() {
+	if [ ! -x "$REPO/configure" ] || [ "$REPO/configure.ac" -nt "$REPO/configure" ] ||
+		[ "$REPO/Makefile.am" -nt "$REPO/Makefile.in" ]; then
+		bd_say "autoreconf -fi"
+		(cd "$REPO" && autoreconf -fi)
+	fi
+}

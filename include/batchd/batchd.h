@@ -1,0 +1,30 @@
+/*
+ * batchd.h - the process-wide context shared by the modules on the loop.
+ */
+#ifndef BATCHD_BATCHD_H
+#define BATCHD_BATCHD_H
+
+#include <stdbool.h>
+#include <event2/event.h>
+
+#include "batchd/config.h"
+
+typedef struct Engine Engine;
+typedef struct Api Api;
+
+typedef struct Batchd {
+	struct event_base *base;
+	Config *cfg;
+	char worker_id[37];        /* fresh uuid per process start */
+	char hostname[256];
+	Engine *engine;
+	Api *api;
+	bool ready_sent;           /* READY=1 sent to systemd */
+	int exit_code;
+} Batchd;
+
+/* Called by the engine when its state changes (ready, stopped). */
+void batchd_engine_ready(Batchd *bd);
+void batchd_engine_stopped(Batchd *bd, int exit_code);
+
+#endif /* BATCHD_BATCHD_H */

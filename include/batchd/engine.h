@@ -1,0 +1,42 @@
+/*
+ * engine.h - the work loop: claim items, call providers, record outcomes.
+ *
+ *   claim (one statement, SKIP LOCKED, sized to free capacity; woken by
+ *   LISTEN batchd_work, with a slow poll as safety net)
+ *     -> dispatch (render the provider request, start a curl transfer)
+ *     -> outcome (classify: success / transient / permanent)
+ *     -> completion buffer (many items per statement, fenced by worker id)
+ */
+#ifndef BATCHD_ENGINE_H
+#define BATCHD_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "batchd/batchd.h"
+
+typedef struct EngineStats {
+	uint64_t claimed;
+	uint64_t succeeded;
+	uint64_t failed;
+	uint64_t fenced;
+	uint64_t flushes;
+	int inflight;              /* transfers running */
+	int pending;               /* completions not yet recorded */
+} EngineStats;
+
+Engine *engine_new(Batchd *bd);
+void engine_free(Engine *e);
+
+/* Connect to the database and start working. */
+void engine_start(Engine *e);
+/* Graceful stop (first call) or immediate stop (second call). */
+void engine_stop(Engine *e, bool immediate);
+
+/* Database connected, schema current, worker registered. */
+bool engine_is_ready(const Engine *e);
+bool engine_db_up(const Engine *e);
+const char *engine_db_error(const Engine *e);
+void engine_get_stats(const Engine *e, EngineStats *out);
+
+#endif /* BATCHD_ENGINE_H */

@@ -1,0 +1,41 @@
+/*
+ * http.h - libcurl multi_socket transfers driven by libevent.
+ *
+ * One CURLM, one timer event, one persistent event per socket curl tells us
+ * about.  Finished transfers are reported through the done callback from
+ * the drain step, never from inside a curl callback, so the callee may
+ * start new transfers right away.
+ */
+#ifndef BATCHD_HTTP_H
+#define BATCHD_HTTP_H
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include "batchd/util.h"
+
+typedef struct Http Http;
+
+/* Called once per finished transfer with the easy handle's private pointer.
+ * The easy handle has been removed from the multi already; the callee owns
+ * it again (reuse it through http_easy_release). */
+typedef void (*http_done_cb)(CURL *easy, CURLcode code, void *priv, void *arg);
+
+Http *http_new(struct event_base *base, int max_connections, http_done_cb done, void *arg);
+void http_free(Http *h);
+
+/* A reset easy handle from the pool (or a new one). */
+CURL *http_easy_get(Http *h);
+/* Return a handle to the pool (it is reset; its connection stays cached in
+ * the multi). */
+void http_easy_release(Http *h, CURL *easy);
+
+/* Start a configured transfer; returns 0 or -1 (then the handle is still
+ * the caller's). */
+int http_start(Http *h, CURL *easy) _MUSTCHECK;
+/* Abort a running transfer (no done callback). The handle is the caller's. */
+void http_abort(Http *h, CURL *easy);
+
+int http_running(const Http *h);
+
+#endif /* BATCHD_HTTP_H */

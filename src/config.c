@@ -1,0 +1,807 @@
+/*
+ * config.c - load and validate the INI configuration.
+ *
+ * inih does the key = value parsing.  Debian's libinih is built without
+ * line numbers in the handler and without a handler call on a new section,
+ * so our own reader feeds it line by line: it counts lines (every error names
+ * FILE:LINE) and opens sections itself, which lets us report an empty or
+ * duplicate section and know where each section starts.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <ini.h>
+
+#include "batchd/config.h"
+#include "batchd/tmpl.h"
+
+/* Longest accepted line, bytes; body templates may be long JSON. */
+#define CONFIG_MAX_LINE 65536
+
+enum SectionKind { SEC_NONE, SEC_BATCHD, SEC_PROVIDER, SEC_ROUTE };
+
+typedef struct ConfigCtx ConfigCtx;
+typedef struct ConfigKey ConfigKey;
+
+/* Parse value into the field at obj + key->offset; on error call ctx_fail. */
+typedef int (*KeySetter)(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value);
+
+struct ConfigKey {
+	const char *name;
+	KeySetter set;
+	size_t offset;          /* field in Config, Provider or Route */
+	int64_t min, max;       /* for numbers, durations and sizes */
+	bool repeatable;        /* may appear more than once per section */
+};
+
+struct ConfigCtx {
+	Config *cfg;
+	const char *path;
+	FILE *f;
+
+	/* reader state */
+	char *linebuf;          /* current line, whole */
+	size_t linecap;
+	size_t linelen;
+	size_t lineoff;         /* bytes of linebuf already handed to inih */
+	int line;               /* number of the line being parsed */
+
+	/* current section */
+	enum SectionKind kind;
+	char *section_raw;      /* section text as inih reports it */
+	void *obj;              /* Config, Provider or Route being filled */
+	const ConfigKey *keys;
+	size_t nkeys;
+	uint64_t seen;          /* bit i: keys[i] already set in this section */
+	int batchd_line;        /* line of [batchd], 0 when absent */
+
+	bool failed;
+	char *err;
+	size_t errlen;
+};
+
+static void ctx_fail_at(ConfigCtx *ctx, int line, const char *fmt, ...) _PRINTF(3, 4);
+static void ctx_fail_at(ConfigCtx *ctx, int line, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	if (ctx->failed)
+		return;         /* keep the first error */
+	ctx->failed = true;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (line > 0)
+		snprintf(ctx->err, ctx->errlen, "%s:%d: %s", ctx->path, line, msg);
+	else
+		snprintf(ctx->err, ctx->errlen, "%s: %s", ctx->path, msg);
+}
+
+#define ctx_fail(ctx, ...) ctx_fail_at((ctx), (ctx)->line, __VA_ARGS__)
+
+/* ------------------------------------------------------------ setters */
+
+#define FIELD(obj, key, type) ((type *)((char *)(obj) + (key)->offset))
+
+static int set_string(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	char **field = FIELD(obj, key, char *);
+
+	if (key->min > 0 && *value == '\0') {
+		ctx_fail(ctx, "%s must not be empty", key->name);
+		return -1;
+	}
+	free(*field);
+	*field = xstrdup(value);
+	return 0;
+}
+
+static int set_int(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	int64_t v;
+
+	if (parse_int(value, key->min, key->max, &v) < 0) {
+		ctx_fail(ctx, "%s: invalid value '%s' (expected an integer from %lld to %lld)",
+			 key->name, value, (long long)key->min, (long long)key->max);
+		return -1;
+	}
+	*FIELD(obj, key, int) = (int)v;
+	return 0;
+}
+
+static int set_duration(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	int64_t v;
+
+	if (parse_duration_ms(value, &v) < 0) {
+		ctx_fail(ctx, "%s: invalid duration '%s' (expected e.g. 250ms, 5s, 2m, 1h, 30d)",
+			 key->name, value);
+		return -1;
+	}
+	if (v < key->min || v > key->max) {
+		ctx_fail(ctx, "%s: duration '%s' out of range (%lldms to %lldms)",
+			 key->name, value, (long long)key->min, (long long)key->max);
+		return -1;
+	}
+	*FIELD(obj, key, int64_t) = v;
+	return 0;
+}
+
+static int set_size(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	int64_t v;
+
+	if (parse_size(value, &v) < 0) {
+		ctx_fail(ctx, "%s: invalid size '%s' (expected e.g. 512KB, 1MB, 64MB)",
+			 key->name, value);
+		return -1;
+	}
+	if (v < key->min || v > key->max) {
+		ctx_fail(ctx, "%s: size '%s' out of range (%lld to %lld bytes)",
+			 key->name, value, (long long)key->min, (long long)key->max);
+		return -1;
+	}
+	*FIELD(obj, key, int64_t) = v;
+	return 0;
+}
+
+static int set_log_level(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	if (log_parse_level(value, FIELD(obj, key, enum LogLevel)) < 0) {
+		ctx_fail(ctx, "log_level: invalid value '%s' (expected error, warn, info or debug)",
+			 value);
+		return -1;
+	}
+	return 0;
+}
+
+static int set_log_format(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	if (log_parse_format(value, FIELD(obj, key, enum LogFormat)) < 0) {
+		ctx_fail(ctx, "log_format: invalid value '%s' (expected text or json)", value);
+		return -1;
+	}
+	return 0;
+}
+
+/* "host:port" or "[v6]:port"; the address itself is checked at bind time. */
+static int set_listen(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	const char *colon = strrchr(value, ':');
+	int64_t port;
+	bool ok = colon && colon > value &&
+		parse_int(colon + 1, 1, 65535, &port) == 0 && colon[1] != '+' && colon[1] != '-';
+
+	if (ok && value[0] == '[')
+		ok = colon[-1] == ']' && colon - value > 2;
+	else if (ok)
+		ok = memchr(value, ':', (size_t)(colon - value)) == NULL; /* bare v6 */
+	if (ok)
+		ok = strpbrk(value, " \t") == NULL;
+	if (!ok) {
+		ctx_fail(ctx, "listen: invalid address '%s' (expected HOST:PORT or [IPV6]:PORT)",
+			 value);
+		return -1;
+	}
+	return set_string(ctx, key, obj, value);
+}
+
+static int set_method(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	static const char *const methods[] = { "DELETE", "GET", "PATCH", "POST", "PUT" };
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(methods); i++) {
+		if (strcasecmp(value, methods[i]) == 0) {
+			char **field = FIELD(obj, key, char *);
+
+			free(*field);
+			*field = xstrdup(methods[i]);
+			return 0;
+		}
+	}
+	ctx_fail(ctx, "method: invalid value '%s' (expected GET, POST, PUT, PATCH or DELETE)",
+		 value);
+	return -1;
+}
+
+static int set_url(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	char msg[256];
+
+	if (tmpl_check_url(value, msg, sizeof(msg)) < 0) {
+		ctx_fail(ctx, "url: %s", msg);
+		return -1;
+	}
+	return set_string(ctx, key, obj, value);
+}
+
+/* RFC 9110 token characters, for header names */
+static bool is_tchar(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		(c >= '0' && c <= '9') || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static int set_header(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	Provider *p = obj;
+	const char *v = value;
+
+	/* The value is not echoed: headers usually carry credentials. */
+	while (is_tchar(*v))
+		v++;
+	if (v == value || *v != ':') {
+		ctx_fail(ctx, "header must look like 'Name: value' (a token name, then a colon)");
+		return -1;
+	}
+	v += strspn(v + 1, " \t") + 1;
+	if (*v == '\0') {
+		/* curl would take "Name:" as "remove this header" */
+		ctx_fail(ctx, "header '%.*s' has an empty value", (int)(strchr(value, ':') - value),
+			 value);
+		return -1;
+	}
+	p->headers = xrealloc(p->headers, sizeof(char *) * ((size_t)p->nheaders + 2));
+	p->headers[p->nheaders++] = xstrdup(value);
+	p->headers[p->nheaders] = NULL;
+	return 0;
+}
+
+static int set_providers(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	Route *r = obj;
+	char *copy = xstrdup(value), *save = NULL, *tok;
+	const char *p;
+	int n = 0, i;
+
+	/* strtok_r would skip empty items; "a,,b" must be an error */
+	for (p = value; *p; p++)
+		n += *p == ',';
+	r->provider_names = xcalloc((size_t)n + 2, sizeof(char *));
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		str_trim(tok);
+		if (*tok == '\0')
+			break;
+		for (i = 0; i < r->nproviders; i++) {
+			if (strcmp(r->provider_names[i], tok) == 0) {
+				ctx_fail(ctx, "providers: '%s' is listed twice", tok);
+				free(copy);
+				return -1;
+			}
+		}
+		r->provider_names[r->nproviders++] = xstrdup(tok);
+	}
+	free(copy);
+	if (r->nproviders != n + 1) {
+		ctx_fail(ctx, "providers: expected a comma-separated list of provider names");
+		return -1;
+	}
+	r->providers_line = ctx->line;
+	return 0;
+}
+
+/* Key tables, alphabetical. */
+
+#define CFG(field) offsetof(Config, field)
+#define PRV(field) offsetof(Provider, field)
+#define RTE(field) offsetof(Route, field)
+#define DAY_MS (86400LL * 1000)
+
+static const ConfigKey batchd_keys[] = {
+	{ "database", set_string, CFG(database), 1, 0, false },
+	{ "flush_interval", set_duration, CFG(flush_interval_ms), 0, 60 * 1000, false },
+	{ "flush_size", set_int, CFG(flush_size), 1, 100000, false },
+	{ "listen", set_listen, CFG(listen), 1, 0, false },
+	{ "log_format", set_log_format, CFG(log_format), 0, 0, false },
+	{ "log_level", set_log_level, CFG(log_level), 0, 0, false },
+	{ "max_inflight", set_int, CFG(max_inflight), 1, 100000, false },
+	{ "poll_interval", set_duration, CFG(poll_interval_ms), 10, DAY_MS, false },
+	{ "shutdown_timeout", set_duration, CFG(shutdown_timeout_ms), 0, DAY_MS, false },
+};
+
+static const ConfigKey provider_keys[] = {
+	{ "body", set_string, PRV(body), 0, 0, false },
+	{ "connect_timeout", set_duration, PRV(connect_timeout_ms), 1, DAY_MS, false },
+	{ "header", set_header, 0, 0, 0, true },
+	{ "max_response_size", set_size, PRV(max_response_size), 1, 1024LL * 1024 * 1024, false },
+	{ "method", set_method, PRV(method), 0, 0, false },
+	{ "timeout", set_duration, PRV(timeout_ms), 1, DAY_MS, false },
+	{ "url", set_url, PRV(url), 1, 0, false },
+};
+
+static const ConfigKey route_keys[] = {
+	{ "providers", set_providers, 0, 0, 0, false },
+};
+
+/* ConfigCtx.seen has one bit per key */
+_Static_assert(ARRAY_SIZE(batchd_keys) <= 64 && ARRAY_SIZE(provider_keys) <= 64 &&
+	       ARRAY_SIZE(route_keys) <= 64, "too many keys for the seen bitmask");
+
+/* ------------------------------------------------------------ sections */
+
+static bool valid_name(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+			return false;
+	}
+	return true;
+}
+
+static Provider *provider_new(const char *name, int line)
+{
+	Provider *p = xcalloc(1, sizeof(*p));
+
+	p->name = xstrdup(name);
+	p->method = xstrdup("GET");
+	p->timeout_ms = 30 * 1000;
+	p->connect_timeout_ms = 10 * 1000;
+	p->max_response_size = 1024 * 1024;
+	p->line = line;
+	return p;
+}
+
+static void provider_free(Provider *p)
+{
+	int i;
+
+	if (!p)
+		return;
+	for (i = 0; i < p->nheaders; i++)
+		free(p->headers[i]);
+	free(p->headers);
+	free(p->name);
+	free(p->url);
+	free(p->method);
+	free(p->body);
+	free(p);
+}
+
+static void route_free(Route *r)
+{
+	int i;
+
+	if (!r)
+		return;
+	if (r->provider_names) {
+		for (i = 0; r->provider_names[i]; i++)
+			free(r->provider_names[i]);
+	}
+	free(r->provider_names);
+	free(r->providers);
+	free(r->name);
+	free(r);
+}
+
+/*
+ * Open the section whose header text (between the brackets) is raw:
+ * "batchd", "provider NAME" or "route NAME".
+ */
+static void section_open(ConfigCtx *ctx, const char *raw)
+{
+	Config *cfg = ctx->cfg;
+	char *text = str_trim(xstrdup(raw)), *name;
+	size_t kindlen = strcspn(text, " \t");
+	int i;
+
+	name = text + kindlen;
+	name += strspn(name, " \t");
+	text[kindlen] = '\0';
+
+	free(ctx->section_raw);
+	ctx->section_raw = xstrdup(raw);
+	/* inih truncates section names to 49 bytes; ours must match it */
+	if (strlen(raw) > 49) {
+		ctx_fail(ctx, "section header too long (max 49 characters)");
+		goto out;
+	}
+	ctx->seen = 0;
+
+	if (strcmp(text, "batchd") == 0) {
+		if (*name) {
+			ctx_fail(ctx, "[batchd] takes no name");
+		} else if (ctx->batchd_line) {
+			ctx_fail(ctx, "duplicate section [batchd] (first at line %d)",
+				 ctx->batchd_line);
+		} else {
+			ctx->batchd_line = ctx->line;
+			ctx->kind = SEC_BATCHD;
+			ctx->obj = cfg;
+			ctx->keys = batchd_keys;
+			ctx->nkeys = ARRAY_SIZE(batchd_keys);
+		}
+	} else if (strcmp(text, "provider") == 0 || strcmp(text, "route") == 0) {
+		bool is_prov = text[0] == 'p';
+
+		if (!valid_name(name)) {
+			ctx_fail(ctx, "[%s NAME]: %s (letters, digits, '_', '-', '.')", text,
+				 *name ? "invalid name" : "missing name");
+			goto out;
+		}
+		for (i = 0; is_prov && i < cfg->nproviders; i++) {
+			if (strcmp(cfg->providers[i]->name, name) == 0) {
+				ctx_fail(ctx, "duplicate section [provider %s] (first at line %d)",
+					 name, cfg->providers[i]->line);
+				goto out;
+			}
+		}
+		for (i = 0; !is_prov && i < cfg->nroutes; i++) {
+			if (strcmp(cfg->routes[i]->name, name) == 0) {
+				ctx_fail(ctx, "duplicate section [route %s] (first at line %d)",
+					 name, cfg->routes[i]->line);
+				goto out;
+			}
+		}
+		if (is_prov) {
+			Provider *p = provider_new(name, ctx->line);
+
+			cfg->providers = xrealloc(cfg->providers,
+						  sizeof(Provider *) * ((size_t)cfg->nproviders + 1));
+			cfg->providers[cfg->nproviders++] = p;
+			ctx->kind = SEC_PROVIDER;
+			ctx->obj = p;
+			ctx->keys = provider_keys;
+			ctx->nkeys = ARRAY_SIZE(provider_keys);
+		} else {
+			Route *r = xcalloc(1, sizeof(*r));
+
+			r->name = xstrdup(name);
+			r->line = ctx->line;
+			cfg->routes = xrealloc(cfg->routes,
+					       sizeof(Route *) * ((size_t)cfg->nroutes + 1));
+			cfg->routes[cfg->nroutes++] = r;
+			ctx->kind = SEC_ROUTE;
+			ctx->obj = r;
+			ctx->keys = route_keys;
+			ctx->nkeys = ARRAY_SIZE(route_keys);
+		}
+	} else {
+		ctx_fail(ctx, "unknown section [%s] (expected [batchd], [provider NAME] or [route NAME])",
+			 raw);
+	}
+out:
+	free(text);
+}
+
+static const char *section_label(ConfigCtx *ctx, char *buf, size_t len)
+{
+	if (ctx->kind == SEC_PROVIDER)
+		snprintf(buf, len, "[provider %s]", ((Provider *)ctx->obj)->name);
+	else if (ctx->kind == SEC_ROUTE)
+		snprintf(buf, len, "[route %s]", ((Route *)ctx->obj)->name);
+	else
+		snprintf(buf, len, "[batchd]");
+	return buf;
+}
+
+/* ------------------------------------------------------------ inih glue */
+
+/*
+ * fgets-like reader for ini_parse_stream.  Reads a whole line, counts it,
+ * opens sections, and hands the line to inih in chunks of at most num - 1
+ * bytes (inih grows its buffer and asks again for the rest of a long line).
+ * Returning NULL ends parsing: on EOF, and after an error.
+ */
+static char *config_reader(char *str, int num, void *stream)
+{
+	ConfigCtx *ctx = stream;
+	size_t n;
+
+	if (ctx->failed)
+		return NULL;
+	if (num < 2) {
+		ctx_fail(ctx, "internal error: inih line buffer too small");
+		return NULL;
+	}
+	if (ctx->lineoff >= ctx->linelen) {
+		ssize_t got = getline(&ctx->linebuf, &ctx->linecap, ctx->f);
+		char *s;
+
+		if (got < 0) {
+			if (ferror(ctx->f))
+				ctx_fail_at(ctx, 0, "read error: %s", strerror(errno));
+			return NULL;
+		}
+		ctx->line++;
+		ctx->linelen = (size_t)got;
+		ctx->lineoff = 0;
+		if (memchr(ctx->linebuf, '\0', ctx->linelen)) {
+			ctx_fail(ctx, "NUL byte in line");
+			return NULL;
+		}
+		if (ctx->linelen >= CONFIG_MAX_LINE - 2) {
+			ctx_fail(ctx, "line too long (over %d bytes)", CONFIG_MAX_LINE - 3);
+			return NULL;
+		}
+		/* Section header? Same rule as inih: first non-space char is '['. */
+		s = ctx->linebuf;
+		if (ctx->line == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+			s += 3;
+		s += strspn(s, " \t\r\n\v\f");
+		if (*s == '[') {
+			char *close = strchr(s, ']'), *rest;
+
+			if (!close) {
+				ctx_fail(ctx, "section header without ']'");
+				return NULL;
+			}
+			rest = close + 1;
+			rest += strspn(rest, " \t\r\n\v\f");
+			if (*rest) {
+				ctx_fail(ctx, "unexpected text after section header");
+				return NULL;
+			}
+			*close = '\0';
+			section_open(ctx, s + 1);
+			*close = ']';
+			if (ctx->failed)
+				return NULL;
+		}
+	}
+	n = ctx->linelen - ctx->lineoff;
+	if (n > (size_t)num - 1)
+		n = (size_t)num - 1;
+	memcpy(str, ctx->linebuf + ctx->lineoff, n);
+	str[n] = '\0';
+	ctx->lineoff += n;
+	return str;
+}
+
+static int config_handler(void *user, const char *section, const char *name, const char *value)
+{
+	ConfigCtx *ctx = user;
+	char label[300];
+	char msg[256];
+	char *expanded;
+	size_t i;
+	int rc;
+
+	if (ctx->failed)
+		return 0;
+	if (ctx->kind == SEC_NONE || !ctx->section_raw || strcmp(section, ctx->section_raw) != 0) {
+		ctx_fail(ctx, "key '%s' outside of any section", name);
+		return 0;
+	}
+	for (i = 0; i < ctx->nkeys; i++) {
+		if (strcmp(ctx->keys[i].name, name) == 0)
+			break;
+	}
+	if (i == ctx->nkeys) {
+		ctx_fail(ctx, "unknown key '%s' in %s", name, section_label(ctx, label, sizeof(label)));
+		return 0;
+	}
+	if (!ctx->keys[i].repeatable && (ctx->seen & (1ULL << i))) {
+		ctx_fail(ctx, "duplicate key '%s' in %s", name, section_label(ctx, label, sizeof(label)));
+		return 0;
+	}
+	ctx->seen |= 1ULL << i;
+
+	expanded = config_expand_env(value, msg, sizeof(msg));
+	if (!expanded) {
+		ctx_fail(ctx, "%s: %s", name, msg);
+		return 0;
+	}
+	rc = ctx->keys[i].set(ctx, &ctx->keys[i], ctx->obj, expanded);
+	free(expanded);
+	return rc == 0;
+}
+
+/* ------------------------------------------------------------ validation */
+
+static void config_validate(ConfigCtx *ctx)
+{
+	Config *cfg = ctx->cfg;
+	const char *env = getenv("BATCHD_DATABASE");
+	int i, j;
+
+	if (env) {
+		free(cfg->database);
+		cfg->database = xstrdup(env);
+	}
+	if (!cfg->database)
+		ctx_fail_at(ctx, ctx->batchd_line,
+			    "[batchd] database is required (or set BATCHD_DATABASE)");
+
+	for (i = 0; i < cfg->nproviders && !ctx->failed; i++) {
+		Provider *p = cfg->providers[i];
+
+		if (!p->url)
+			ctx_fail_at(ctx, p->line, "[provider %s] has no url", p->name);
+	}
+	for (i = 0; i < cfg->nroutes && !ctx->failed; i++) {
+		Route *r = cfg->routes[i];
+
+		if (r->nproviders == 0) {
+			ctx_fail_at(ctx, r->line, "[route %s] has no providers", r->name);
+			break;
+		}
+		r->providers = xcalloc((size_t)r->nproviders, sizeof(Provider *));
+		for (j = 0; j < r->nproviders; j++) {
+			r->providers[j] = config_find_provider(cfg, r->provider_names[j]);
+			if (!r->providers[j]) {
+				ctx_fail_at(ctx, r->providers_line,
+					    "[route %s] names unknown provider '%s'",
+					    r->name, r->provider_names[j]);
+				break;
+			}
+		}
+	}
+	if (!ctx->failed && cfg->nroutes == 0)
+		ctx_fail_at(ctx, 0, "at least one [route NAME] section is required");
+}
+
+/* ------------------------------------------------------------ public */
+
+Config *config_load(const char *path, char *err, size_t errlen)
+{
+	ConfigCtx ctx;
+	Config *cfg;
+	int rc;
+
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.path = path;
+	ctx.err = err;
+	ctx.errlen = errlen;
+	if (errlen)
+		err[0] = '\0';
+
+	ctx.f = fopen(path, "r");
+	if (!ctx.f) {
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+
+	cfg = xcalloc(1, sizeof(*cfg));
+	cfg->path = xstrdup(path);
+	cfg->max_inflight = 100;
+	cfg->log_level = LG_INFO;
+	cfg->log_format = LOGF_TEXT;
+	cfg->shutdown_timeout_ms = 30 * 1000;
+	cfg->poll_interval_ms = 5 * 1000;
+	cfg->flush_interval_ms = 20;
+	cfg->flush_size = 500;
+	ctx.cfg = cfg;
+
+	/*
+	 * inih's runtime options (process-wide; only config loading uses inih):
+	 * values may contain ';' and '#', indented lines are ordinary lines,
+	 * stop at the first error, and a heap line buffer that grows so our
+	 * reader may hand over long lines.
+	 */
+	ini_allow_inline_comments = false;
+	ini_allow_multiline = false;
+	ini_allow_no_value = false;
+	ini_stop_on_first_error = true;
+	ini_use_stack = false;
+	ini_allow_realloc = true;
+	ini_max_line = CONFIG_MAX_LINE;
+
+	rc = ini_parse_stream(config_reader, &ctx, config_handler, &ctx);
+	if (rc == -2)
+		ctx_fail_at(&ctx, 0, "out of memory");
+	else if (rc != 0 && !ctx.failed)
+		ctx_fail(&ctx, "syntax error (expected 'key = value', '[section]' or a comment)");
+	fclose(ctx.f);
+	free(ctx.linebuf);
+	free(ctx.section_raw);
+
+	if (!ctx.failed)
+		config_validate(&ctx);
+	if (ctx.failed) {
+		config_free(cfg);
+		return NULL;
+	}
+	return cfg;
+}
+
+void config_free(Config *cfg)
+{
+	int i;
+
+	if (!cfg)
+		return;
+	for (i = 0; i < cfg->nproviders; i++)
+		provider_free(cfg->providers[i]);
+	for (i = 0; i < cfg->nroutes; i++)
+		route_free(cfg->routes[i]);
+	free(cfg->providers);
+	free(cfg->routes);
+	free(cfg->path);
+	free(cfg->database);
+	free(cfg->listen);
+	free(cfg);
+}
+
+Provider *config_find_provider(const Config *cfg, const char *name)
+{
+	int i;
+
+	for (i = 0; i < cfg->nproviders; i++) {
+		if (strcmp(cfg->providers[i]->name, name) == 0)
+			return cfg->providers[i];
+	}
+	return NULL;
+}
+
+Route *config_find_route(const Config *cfg, const char *name)
+{
+	int i;
+
+	for (i = 0; i < cfg->nroutes; i++) {
+		if (strcmp(cfg->routes[i]->name, name) == 0)
+			return cfg->routes[i];
+	}
+	return NULL;
+}
+
+char *config_expand_env(const char *s, char *err, size_t errlen)
+{
+	StrBuf sb;
+	const char *p = s;
+
+	sb_init(&sb);
+	sb_append(&sb, "", 0);
+	while (*p) {
+		const char *dollar = strchr(p, '$'), *end, *v;
+		char name[128];
+		size_t n, i;
+
+		if (!dollar) {
+			sb_puts(&sb, p);
+			break;
+		}
+		sb_append(&sb, p, (size_t)(dollar - p));
+		if (dollar[1] == '$') {
+			sb_putc(&sb, '$');
+			p = dollar + 2;
+			continue;
+		}
+		if (dollar[1] != '{') {
+			/* a lone '$' is literal, e.g. in a password */
+			sb_putc(&sb, '$');
+			p = dollar + 1;
+			continue;
+		}
+		end = strchr(dollar + 2, '}');
+		if (!end) {
+			snprintf(err, errlen, "unterminated ${ (missing '}')");
+			goto fail;
+		}
+		n = (size_t)(end - (dollar + 2));
+		for (i = 0; i < n; i++) {
+			char c = dollar[2 + i];
+
+			if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' ||
+			      (i > 0 && c >= '0' && c <= '9')))
+				break;
+		}
+		if (n == 0 || i < n || n >= sizeof(name)) {
+			snprintf(err, errlen, "invalid variable name in '${%.*s}'",
+				 (int)(n > 64 ? 64 : n), dollar + 2);
+			goto fail;
+		}
+		memcpy(name, dollar + 2, n);
+		name[n] = '\0';
+		v = getenv(name);
+		if (!v) {
+			snprintf(err, errlen, "environment variable '%s' is not set", name);
+			goto fail;
+		}
+		sb_puts(&sb, v);
+		p = end + 1;
+	}
+	return sb_steal(&sb);
+fail:
+	sb_free(&sb);
+	return NULL;
+}

@@ -1,0 +1,250 @@
+/*
+ * main.c - command line, start-up, signals and shutdown.
+ *
+ *   batchd [-c FILE]                 run the daemon in the foreground
+ *   batchd --check-config [-c FILE]  validate the config and exit
+ *   batchd migrate [-c FILE] [--down N]
+ *   batchd --version
+ *
+ * Exit status: 0 ok, 1 runtime error, 2 bad usage or bad configuration.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include "batchd/batchd.h"
+#include "batchd/api.h"
+#include "batchd/config.h"
+#include "batchd/engine.h"
+#include "batchd/log.h"
+#include "batchd/migrate.h"
+#include "batchd/sd.h"
+
+#define DEFAULT_CONFIG SYSCONFDIR "/batchd/batchd.ini"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: batchd [-c FILE]                  run the daemon\n"
+		"       batchd --check-config [-c FILE]   check the configuration and exit\n"
+		"       batchd migrate [-c FILE] [--down N]\n"
+		"                                         apply pending schema migrations,\n"
+		"                                         or revert the N most recent\n"
+		"       batchd --version\n"
+		"\n"
+		"  -c, --config FILE   configuration file (default %s)\n"
+		"  -h, --help          this help\n"
+		"\n"
+		"BATCHD_DATABASE overrides the database setting.\n", DEFAULT_CONFIG);
+}
+
+static Config *load_config(const char *path)
+{
+	char err[1024];
+	Config *cfg = config_load(path, err, sizeof(err));
+	if (!cfg)
+		fprintf(stderr, "%s\n", err);
+	return cfg;
+}
+
+/* A random (version 4) uuid for this process start. */
+static void make_worker_id(char *out, size_t len)
+{
+	unsigned char b[16];
+	FILE *f = fopen("/dev/urandom", "rb");
+	if (!f || fread(b, 1, sizeof(b), f) != sizeof(b))
+		fatal("cannot read /dev/urandom");
+	fclose(f);
+	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+	snprintf(out, len,
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+		 b[12], b[13], b[14], b[15]);
+}
+
+/* ------------------------------------------------------------------ daemon */
+
+static Batchd g_bd;
+static int g_signals;
+
+void batchd_engine_ready(Batchd *bd)
+{
+	char status[128];
+	if (bd->ready_sent)
+		return;
+	bd->ready_sent = true;
+	snprintf(status, sizeof(status), "ready: worker %s", bd->worker_id);
+	sdn_ready(status);
+}
+
+void batchd_engine_stopped(Batchd *bd, int exit_code)
+{
+	bd->exit_code = exit_code;
+	event_base_loopexit(bd->base, NULL);
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+	Batchd *bd = arg;
+	g_signals++;
+	if (g_signals == 1) {
+		log_info("received %s: stopping gracefully", sig == SIGINT ? "SIGINT" : "SIGTERM");
+		sdn_stopping();
+		engine_stop(bd->engine, false);
+	} else {
+		log_info("received %s again: stopping now", sig == SIGINT ? "SIGINT" : "SIGTERM");
+		engine_stop(bd->engine, true);
+	}
+}
+
+static int run_daemon(Config *cfg)
+{
+	Batchd *bd = &g_bd;
+	struct event *ev_term, *ev_int;
+	char err[512];
+
+	memset(bd, 0, sizeof(*bd));
+	bd->cfg = cfg;
+	make_worker_id(bd->worker_id, sizeof(bd->worker_id));
+	if (gethostname(bd->hostname, sizeof(bd->hostname) - 1) != 0)
+		snprintf(bd->hostname, sizeof(bd->hostname), "unknown");
+	srandom((unsigned)(time(NULL) ^ getpid()));
+
+	/* a write to a closed socket must be an error, not our death */
+	signal(SIGPIPE, SIG_IGN);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+		log_error("curl_global_init failed");
+		return 1;
+	}
+	bd->base = event_base_new();
+	if (!bd->base) {
+		log_error("event_base_new failed");
+		return 1;
+	}
+	log_info("batchd %s starting: worker %s on %s, pid %d", PACKAGE_VERSION, bd->worker_id,
+		 bd->hostname, (int)getpid());
+
+	bd->engine = engine_new(bd);
+	if (cfg->listen) {
+		bd->api = api_new(bd, err, sizeof(err));
+		if (!bd->api) {
+			log_error("%s", err);
+			engine_free(bd->engine);
+			event_base_free(bd->base);
+			curl_global_cleanup();
+			return 1;
+		}
+	}
+	ev_term = evsignal_new(bd->base, SIGTERM, on_stop_signal, bd);
+	ev_int = evsignal_new(bd->base, SIGINT, on_stop_signal, bd);
+	evsignal_add(ev_term, NULL);
+	evsignal_add(ev_int, NULL);
+	sdn_start(bd->base);
+
+	engine_start(bd->engine);
+	event_base_dispatch(bd->base);
+
+	log_info("batchd stopped (exit status %d)", bd->exit_code);
+	sdn_stop();
+	event_free(ev_term);
+	event_free(ev_int);
+	api_free(bd->api);
+	engine_free(bd->engine);
+	event_base_free(bd->base);
+	curl_global_cleanup();
+	return bd->exit_code;
+}
+
+/* -------------------------------------------------------------------- main */
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", no_argument, NULL, 'C' },
+		{ "down", required_argument, NULL, 'D' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = DEFAULT_CONFIG;
+	bool check = false;
+	bool migrate = false;
+	int down = 0;
+	int c, rc;
+	Config *cfg;
+
+	if (argc > 1 && strcmp(argv[1], "migrate") == 0) {
+		migrate = true;
+		argv[1] = argv[0];
+		argv++;
+		argc--;
+	}
+	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'C':
+			check = true;
+			break;
+		case 'D': {
+			char *end;
+			long n = strtol(optarg, &end, 10);
+			if (!migrate || *end || end == optarg || n < 1 || n > 100000) {
+				fprintf(stderr, "batchd: --down takes a positive count and only "
+					"goes with 'migrate'\n");
+				return 2;
+			}
+			down = (int)n;
+			break;
+		}
+		case 'V':
+			printf("batchd %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "batchd: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	if (check && migrate) {
+		fprintf(stderr, "batchd: --check-config does not go with migrate\n");
+		return 2;
+	}
+
+	cfg = load_config(path);
+	if (!cfg)
+		return 2;
+	log_set_level(cfg->log_level);
+	log_set_format(cfg->log_format);
+
+	if (check) {
+		printf("%s: configuration ok (%d provider(s), %d route(s))\n", path,
+		       cfg->nproviders, cfg->nroutes);
+		config_free(cfg);
+		return 0;
+	}
+	if (migrate)
+		rc = migrate_run(cfg->database, down);
+	else
+		rc = run_daemon(cfg);
+	config_free(cfg);
+	return rc;
+}

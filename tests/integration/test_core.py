@@ -1,0 +1,339 @@
+"""The core path: batches drain through the mock provider, every outcome is
+recorded once, bad provider responses fail cleanly, LISTEN/NOTIFY wakes an
+idle batchd, graceful stop."""
+
+import json
+import time
+
+import pytest
+
+from conftest import (batch, check_consistency, free_port, http_get, items, submit,
+                      wait_batch_done, wait_until)
+
+ROUTE = "verify"
+
+
+def start(batchd_factory, db, mock, provider=None, route_providers="mock", **batchd_keys):
+    prov = {"url": mock.url("/item/{id}"), "timeout": "5s", "connect_timeout": "2s"}
+    prov.update(provider or {})
+    return batchd_factory(db=db, providers={"mock": prov}, routes={ROUTE: route_providers},
+                          **batchd_keys)
+
+
+def count(conn, sql, *args):
+    return conn.execute(sql, args).fetchone()["n"]
+
+
+# ------------------------------------------------------------------ draining
+
+@pytest.mark.parametrize("n", [1000, 2000])
+def test_batch_drains_exactly_once(db, conn, mock, batchd_factory, capsys, n):
+    start(batchd_factory, db, mock, max_inflight=100)
+    payloads = [{"id": i, "tag": f"t{i}"} for i in range(1, n + 1)]
+    t0 = time.monotonic()
+    bid = submit(conn, "acme", ROUTE, payloads)
+    b = wait_batch_done(conn, bid, timeout=90)
+    wall = time.monotonic() - t0
+
+    assert b["status"] == "completed", b
+    assert (b["total"], b["succeeded"], b["failed"], b["cancelled"]) == (n, n, 0, 0)
+    assert b["started_at"] is not None and b["finished_at"] is not None
+    assert b["finished_at"] >= b["started_at"] >= b["created_at"]
+
+    bad = conn.execute(
+        """SELECT id, seq, status, http_status, provider, error, result, attempts
+             FROM batchd.items
+            WHERE batch_id = %s
+              AND NOT (status = 'succeeded' AND http_status = 200 AND provider = 'mock'
+                       AND result->>'id' = payload->>'id' AND error IS NULL
+                       AND attempts = 1 AND started_at IS NOT NULL
+                       AND finished_at >= started_at)
+            ORDER BY seq LIMIT 5""", (bid,)).fetchall()
+    assert bad == [], f"items not recorded as expected (first 5): {bad}"
+    assert count(conn, "SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s", bid) == n
+    assert check_consistency(conn) == []
+
+    seen = mock.ids()
+    assert len(seen) == n, f"mock saw {len(seen)} distinct ids, expected {n}"
+    dups = {k: v for k, v in seen.items() if v != 1}
+    assert dups == {}, f"ids requested more than once: {list(dups.items())[:10]}"
+    assert set(seen) == {str(i) for i in range(1, n + 1)}
+    st = mock.stats()
+    assert st["distinct_ids"] == n and st["duplicate_ids"] == 0, st
+    assert st["max_inflight"] <= 100, f"max_inflight exceeded: {st['max_inflight']}"
+
+    db_secs = (b["finished_at"] - b["started_at"]).total_seconds()
+    with capsys.disabled():
+        print(f"\n[throughput] {n} items: {n / wall:.0f} items/s from submit to done "
+              f"({wall:.2f}s), {n / max(db_secs, 1e-6):.0f} items/s started->finished "
+              f"({db_secs:.2f}s); mock max_inflight {st['max_inflight']}")
+
+
+def test_max_inflight_is_used_and_respected(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock, provider={"url": mock.url("/item/{id}?latency_ms=50")},
+          max_inflight=20)
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(200)])
+    t0 = time.monotonic()
+    assert wait_batch_done(conn, bid, timeout=30)["status"] == "completed"
+    elapsed = time.monotonic() - t0
+    st = mock.stats()
+    assert st["max_inflight"] <= 20, f"more than max_inflight calls at once: {st}"
+    assert st["max_inflight"] >= 10, f"calls are not run concurrently: {st}"
+    # 200 calls of 50 ms, 20 at a time: 0.5 s when concurrent, 10 s when serial
+    assert elapsed < 5, f"200 x 50ms calls at max_inflight 20 took {elapsed:.1f}s"
+
+
+def test_two_batches_and_worker_registered(db, conn, mock, batchd_factory):
+    d = start(batchd_factory, db, mock)
+    w = conn.execute("SELECT * FROM batchd.workers").fetchall()
+    assert len(w) == 1 and w[0]["pid"] == d.pid, w
+    a = submit(conn, "t1", ROUTE, [{"id": f"a{i}"} for i in range(50)])
+    b = submit(conn, "t2", ROUTE, [{"id": f"b{i}"} for i in range(50)])
+    assert wait_batch_done(conn, a)["status"] == "completed"
+    assert wait_batch_done(conn, b)["status"] == "completed"
+    assert count(conn, "SELECT count(*) AS n FROM batchd.items WHERE worker_id = %s "
+                       "AND status = 'succeeded'", w[0]["id"]) == 100
+    assert check_consistency(conn) == []
+
+
+# ------------------------------------------------------------------ response bodies
+
+@pytest.mark.parametrize("mode", ["text", "badjson", "html"])
+def test_non_json_body_stored_as_json_string(db, conn, mock, batchd_factory, mode):
+    start(batchd_factory, db, mock, provider={"url": mock.url("/item/{id}?mode=" + mode)})
+    bid = submit(conn, "t", ROUTE, [{"id": 1}, {"id": 2}])
+    b = wait_batch_done(conn, bid)
+    assert b["status"] == "completed", b
+    for it in items(conn, bid):
+        assert it["status"] == "succeeded", it
+        assert it["http_status"] == 200
+        kind = conn.execute("SELECT jsonb_typeof(result) AS k FROM batchd.items WHERE id = %s",
+                            (it["id"],)).fetchone()["k"]
+        assert kind == "string", f"mode={mode}: result is {kind}: {it['result']!r}"
+        assert isinstance(it["result"], str) and it["result"] != ""
+    # the stored string is the body the provider sent, byte for byte
+    status, body = http_get(mock.url(f"/item/1?mode={mode}"))
+    assert items(conn, bid)[0]["result"] == body.decode()
+
+
+def test_json_body_stored_as_json(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock)
+    bid = submit(conn, "t", ROUTE, [{"id": "abc-1"}])
+    wait_batch_done(conn, bid)
+    it = items(conn, bid)[0]
+    assert isinstance(it["result"], dict), it["result"]
+    assert it["result"]["id"] == "abc-1"
+
+
+def test_url_placeholder_is_percent_encoded(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock)
+    bid = submit(conn, "t", ROUTE, [{"id": "a b/c?d&e"}])
+    b = wait_batch_done(conn, bid)
+    assert b["status"] == "completed", (b, items(conn, bid))
+    reqs = mock.all_requests()
+    assert len(reqs) == 1
+    path = reqs[0]["path"]
+    assert "A%20B%2FC%3FD%26E" in path.upper(), path
+
+
+# ------------------------------------------------------------------ failures
+
+def test_provider_500_fails_item(db, conn, mock, batchd_factory):
+    mock.configure(ids={"3": {"status": 500}, "7": {"status": 500}})
+    start(batchd_factory, db, mock)
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(1, 11)], {"max_attempts": 1})
+    b = wait_batch_done(conn, bid)
+    assert b["status"] == "completed_with_errors", b
+    assert (b["succeeded"], b["failed"]) == (8, 2)
+    for it in items(conn, bid):
+        if it["payload"]["id"] in (3, 7):
+            assert it["status"] == "failed", it
+            assert it["http_status"] == 500, it
+            assert it["error"] and "500" in it["error"], it
+            assert it["finished_at"] is not None
+        else:
+            assert it["status"] == "succeeded", it
+            assert it["error"] is None
+    assert check_consistency(conn) == []
+
+
+def test_all_items_fail_batch_failed(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock, provider={"url": mock.url("/item/{id}?status=503")})
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(5)], {"max_attempts": 1})
+    b = wait_batch_done(conn, bid)
+    assert b["status"] == "failed", b
+    assert (b["succeeded"], b["failed"]) == (0, 5)
+    for it in items(conn, bid):
+        assert it["status"] == "failed" and it["http_status"] == 503 and "503" in it["error"], it
+    assert check_consistency(conn) == []
+
+
+def test_response_over_max_response_size_fails(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock,
+          provider={"url": mock.url("/item/{id}?mode=big&big_bytes={n}"),
+                    "max_response_size": "64KB"})
+    bid = submit(conn, "t", ROUTE, [{"id": 1, "n": 1000000}, {"id": 2, "n": 30000}],
+                 {"max_attempts": 1})
+    b = wait_batch_done(conn, bid)
+    big, small = items(conn, bid)
+    assert big["status"] == "failed", big
+    assert big["error"] and any(w in big["error"].lower() for w in ("size", "large", "exceed")), big
+    assert big["result"] is None or len(json.dumps(big["result"])) < 70000
+    assert small["status"] == "succeeded", small
+    assert b["status"] == "completed_with_errors"
+
+
+def test_hanging_provider_times_out(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock,
+          provider={"url": mock.url("/item/{id}?mode=hang"), "timeout": "1s"})
+    t0 = time.monotonic()
+    bid = submit(conn, "t", ROUTE, [{"id": 1}, {"id": 2}], {"max_attempts": 1})
+    b = wait_batch_done(conn, bid, timeout=15)
+    elapsed = time.monotonic() - t0
+    assert b["status"] == "failed", b
+    for it in items(conn, bid):
+        assert it["status"] == "failed", it
+        assert it["error"] and "time" in it["error"].lower(), it
+    assert elapsed < 6, f"a 1s timeout took {elapsed:.1f}s to fail the batch"
+
+
+def test_connection_reset_fails_item(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock, provider={"url": mock.url("/item/{id}?mode=reset")})
+    bid = submit(conn, "t", ROUTE, [{"id": 1}], {"max_attempts": 1})
+    b = wait_batch_done(conn, bid, timeout=15)
+    it = items(conn, bid)[0]
+    assert b["status"] == "failed", b
+    assert it["status"] == "failed" and it["error"], it
+    assert it["finished_at"] is not None
+
+
+def test_connection_refused_fails_item(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock,
+          provider={"url": f"http://127.0.0.1:{free_port()}/item/{{id}}"})
+    bid = submit(conn, "t", ROUTE, [{"id": 1}], {"max_attempts": 1})
+    b = wait_batch_done(conn, bid, timeout=15)
+    it = items(conn, bid)[0]
+    assert b["status"] == "failed", b
+    assert it["status"] == "failed" and it["error"], it
+
+
+def test_missing_placeholder_field_fails_item(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock)
+    bid = submit(conn, "t", ROUTE, [{"id": 1}, {"other": 2}], {"max_attempts": 1})
+    b = wait_batch_done(conn, bid)
+    ok, bad = items(conn, bid)
+    assert ok["status"] == "succeeded"
+    assert bad["status"] == "failed" and "id" in bad["error"], bad
+    assert b["status"] == "completed_with_errors"
+    assert set(mock.ids()) == {"1"}
+
+
+# ------------------------------------------------------------------ wake-up, routing
+
+def test_notify_wakes_idle_batchd(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock, poll_interval="60s")
+    time.sleep(1.0)  # let it settle into idle (past any start-up claim)
+    t0 = time.monotonic()
+    bid = submit(conn, "t", ROUTE, [{"id": 1}])
+    b = wait_batch_done(conn, bid, timeout=2.0)
+    assert b["status"] == "completed"
+    took = time.monotonic() - t0
+    assert took < 2.0, took
+
+
+def test_work_queued_before_start_is_picked_up(db, conn, mock, batchd_factory):
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(20)])
+    start(batchd_factory, db, mock, poll_interval="60s")
+    assert wait_batch_done(conn, bid, timeout=5)["status"] == "completed"
+
+
+def test_other_route_stays_queued(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock)
+    other = submit(conn, "t", "not-served", [{"id": 9001}, {"id": 9002}])
+    served = submit(conn, "t", ROUTE, [{"id": 1}])
+    assert wait_batch_done(conn, served)["status"] == "completed"
+    time.sleep(0.5)
+    b = batch(conn, other)
+    assert b["status"] == "pending", b
+    assert [it["status"] for it in items(conn, other)] == ["queued", "queued"]
+    assert all(it["attempts"] == 0 and it["worker_id"] is None for it in items(conn, other))
+    assert "9001" not in mock.ids() and "9002" not in mock.ids()
+
+
+# ------------------------------------------------------------------ request shape
+
+def test_post_sends_payload_as_json_body(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock, provider={"method": "POST"})
+    payload = {"id": 5, "vin": "WDB123", "nested": {"a": [1, 2, None]}, "s": "é\"\\"}
+    bid = submit(conn, "t", ROUTE, [payload])
+    assert wait_batch_done(conn, bid)["status"] == "completed"
+    it = items(conn, bid)[0]
+    echoed = it["result"]["body"]
+    if isinstance(echoed, str):
+        echoed = json.loads(echoed)
+    assert echoed == payload
+    reqs = mock.all_requests()
+    assert [r["method"] for r in reqs] == ["POST"]
+
+
+def test_body_template(db, conn, mock, batchd_factory):
+    start(batchd_factory, db, mock,
+          provider={"method": "POST", "body": '{"vin": {vin}, "whole": {.}}'})
+    payload = {"id": 6, "vin": "V6"}
+    bid = submit(conn, "t", ROUTE, [payload])
+    assert wait_batch_done(conn, bid)["status"] == "completed"
+    echoed = items(conn, bid)[0]["result"]["body"]
+    if isinstance(echoed, str):
+        echoed = json.loads(echoed)
+    assert echoed == {"vin": "V6", "whole": payload}
+
+
+def test_header_with_env_var_reaches_provider(db, conn, mock, batchd_factory):
+    prov = {"url": mock.url("/item/{id}"), "header": "Authorization: Bearer ${MOCK_TOKEN}"}
+    batchd_factory(db=db, providers={"mock": prov}, routes={ROUTE: "mock"},
+                   env={"MOCK_TOKEN": "s3cret-token"})
+    bid = submit(conn, "t", ROUTE, [{"id": 1}, {"id": 2}])
+    assert wait_batch_done(conn, bid)["status"] == "completed"
+    reqs = mock.all_requests()
+    assert len(reqs) == 2
+    assert all(r["authorization"] == "Bearer s3cret-token" for r in reqs), reqs
+
+
+# ------------------------------------------------------------------ stop
+
+def test_sigterm_idle_exits_0_and_deregisters(db, conn, mock, batchd_factory):
+    d = start(batchd_factory, db, mock)
+    assert count(conn, "SELECT count(*) AS n FROM batchd.workers WHERE pid = %s", d.pid) == 1
+    t0 = time.monotonic()
+    rc = d.stop(timeout=10)
+    assert rc == 0, d.log()[-3000:]
+    assert time.monotonic() - t0 < 5, "an idle batchd stops promptly"
+    assert count(conn, "SELECT count(*) AS n FROM batchd.workers") == 0
+
+
+def test_sigterm_mid_batch_requeues_and_restart_finishes(db, conn, mock, batchd_factory):
+    d = start(batchd_factory, db, mock,
+              provider={"url": mock.url("/item/{id}?latency_ms=300")}, max_inflight=10,
+              shutdown_timeout="10s")
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(100)])
+    wait_until(lambda: batch(conn, bid)["succeeded"] >= 10, timeout=15,
+               desc="some items done")
+    assert d.stop(timeout=20) == 0
+    st = conn.execute("SELECT status, count(*) AS n FROM batchd.items WHERE batch_id = %s "
+                      "GROUP BY status", (bid,)).fetchall()
+    st = {r["status"]: r["n"] for r in st}
+    assert "running" not in st, f"items left running after a graceful stop: {st}"
+    assert st.get("failed", 0) == 0, st
+    assert check_consistency(conn) == []
+    assert count(conn, "SELECT count(*) AS n FROM batchd.workers") == 0
+    queued = [it for it in items(conn, bid) if it["status"] == "queued"]
+    assert queued, "the stop came mid-batch, so some items are back in the queue"
+    assert all(it["attempts"] == 0 and it["worker_id"] is None for it in queued), \
+        "a graceful stop requeues without spending an attempt"
+    # nothing lost: a new batchd finishes the rest, every item recorded once
+    start(batchd_factory, db, mock,
+          provider={"url": mock.url("/item/{id}?latency_ms=1")}, max_inflight=50)
+    b = wait_batch_done(conn, bid, timeout=30)
+    assert b["status"] == "completed" and b["succeeded"] == 100, b
+    assert check_consistency(conn) == []
+
