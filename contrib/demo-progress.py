@@ -34,26 +34,27 @@ def main():
     tty = sys.stdout.isatty()
     conn = psycopg.connect(conninfo, autocommit=True)
 
-    t0 = time.monotonic()
-    deadline = t0 + timeout
-    window = []          # (time, done) samples for a recent rate
+    deadline = time.monotonic() + timeout
+    window = []          # (seconds since submit, done) samples for a recent rate
     last_plain = 0.0
     row = None
     while True:
         row = conn.execute(
-            "SELECT status, total, succeeded, failed, cancelled FROM batchd.batches WHERE id = %s",
-            (batch_id,)).fetchone()
+            "SELECT status, total, succeeded, failed, cancelled, "
+            "extract(epoch FROM clock_timestamp() - created_at)::float8 "
+            "FROM batchd.batches WHERE id = %s", (batch_id,)).fetchone()
         if row is None:
             print(f"batch {batch_id} not found", file=sys.stderr)
             return 1
-        status, total, ok, bad, cancelled = row
+        status, total, ok, bad, cancelled, age = row
         done = ok + bad + cancelled
         now = time.monotonic()
-        window.append((now, done))
-        while len(window) > 2 and now - window[0][0] > 3.0:
+        window.append((age, done))
+        while len(window) > 2 and age - window[0][0] > 3.0:
             window.pop(0)
-        dt = now - window[0][0]
-        rate = (done - window[0][1]) / dt if dt > 0.2 else (done / (now - t0) if now > t0 else 0)
+        dt = age - window[0][0]
+        # over the last 3 s once there is a second of history, else since submit
+        rate = (done - window[0][1]) / dt if dt >= 1.0 else (done / age if age > 0 else 0.0)
         eta = (total - done) / rate if rate > 0 else None
         pct = 100.0 * done / total if total else 100.0
         finished = status in TERMINAL
@@ -79,26 +80,33 @@ def main():
     if tty:
         print()
 
-    elapsed = time.monotonic() - t0
     b = conn.execute(
         "SELECT status, total, succeeded, failed, cancelled, "
-        "extract(epoch FROM finished_at - started_at)::float8 AS secs "
+        "extract(epoch FROM finished_at - created_at)::float8, "
+        "extract(epoch FROM finished_at - started_at)::float8 "
         "FROM batchd.batches WHERE id = %s", (batch_id,)).fetchone()
-    status, total, ok, bad, cancelled, secs = b
+    status, total, ok, bad, cancelled, elapsed, secs = b
+    elapsed = elapsed or 0.0
     print()
     print(f"batch {batch_id}: {status}")
     print(f"  succeeded  {ok}")
     print(f"  failed     {bad}")
     if cancelled:
         print(f"  cancelled  {cancelled}")
-    print(f"  elapsed    {elapsed:.2f}s (first claim to last result: {secs or 0:.2f}s)")
-    print(f"  rate       {total / elapsed:.0f} items/s"
-          + (f" ({total / secs:.0f} items/s while running)" if secs else ""))
+    print(f"  elapsed    {elapsed:.2f}s from submit to last result "
+          f"({secs or 0:.2f}s from first claim)")
+    if elapsed > 0:
+        print(f"  rate       {total / elapsed:.0f} items/s"
+              + (f" ({total / secs:.0f} items/s from first claim)" if secs else ""))
     errors = conn.execute(
-        "SELECT error, count(*) FROM batchd.items WHERE batch_id = %s AND status = 'failed' "
-        "GROUP BY error ORDER BY count(*) DESC LIMIT 3", (batch_id,)).fetchall()
-    for err, n in errors:
-        print(f"  {n:6d} x  {err}")
+        "SELECT http_status, count(*), min(error) FROM batchd.items "
+        "WHERE batch_id = %s AND status = 'failed' "
+        "GROUP BY http_status ORDER BY count(*) DESC LIMIT 5", (batch_id,)).fetchall()
+    if errors:
+        print("  failures:")
+    for http_status, n, err in errors:
+        what = f"HTTP {http_status}" if http_status else "no HTTP answer"
+        print(f"  {n:8d} x {what}, e.g. {err[:100] if err else ''}")
     return 0
 
 

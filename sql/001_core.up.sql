@@ -22,7 +22,9 @@
 --
 -- Every function is meant to run in READ COMMITTED (the default): multi-step
 -- functions rely on each statement taking a fresh snapshot after the previous
--- statement acquired its row locks.
+-- statement acquired its row locks. Call each of claim/complete/release in its
+-- own transaction (autocommit): batch locks are held to commit, and two calls in
+-- one transaction would no longer take them in one global order.
 
 CREATE SCHEMA IF NOT EXISTS batchd;
 
@@ -73,13 +75,18 @@ CREATE INDEX batches_tenant_created_idx
 -- One work item: one external call. route and priority are copied from the batch
 -- so that the claim reads this table only.
 --
--- Each row is written three times (insert, claim, completion) and the status
--- change rules out HOT updates (status is in the partial indexes' predicates).
--- fillfactor 85 leaves room on each page so that the new row version usually
--- stays on the same page as the old one (fewer pages dirtied, better locality
--- for vacuum), at the price of 15% more heap on bulk insert.
--- The table is a queue with constant churn: autovacuum runs sooner than the
--- default 20% so dead versions and dead claim-index entries are cleared quickly.
+-- Each row is written three times (insert, claim, completion). No fillfactor
+-- below 100: both updates change status, which appears in the partial indexes'
+-- predicates (and the claim sets worker_id, which is indexed), so they can never
+-- be HOT updates and every update inserts new index entries whatever the free
+-- space; and a page holds ~30 rows, so 10-20% free space would keep only a few
+-- of the new versions on the same page. Measured: claim+complete of 150k items
+-- ran no faster at fillfactor 85 than at 100 (within noise), while submit wrote
+-- 19% more heap pages. Space freed by dead versions is reused through page
+-- pruning and vacuum instead.
+-- The table is a queue with constant churn: autovacuum runs after 2% of rows
+-- changed (default 20%), so dead versions and the dead claim-index entries of
+-- claimed items (which every claim otherwise walks past) are cleared quickly.
 CREATE TABLE batchd.items (
     id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     batch_id     uuid        NOT NULL REFERENCES batchd.batches (id) ON DELETE CASCADE,
@@ -103,7 +110,6 @@ CREATE TABLE batchd.items (
     finished_at  timestamptz,
     CONSTRAINT items_batch_seq_key UNIQUE (batch_id, seq)
 ) WITH (
-    fillfactor = 85,
     autovacuum_vacuum_scale_factor = 0.02,
     autovacuum_analyze_scale_factor = 0.02
 );
@@ -124,6 +130,9 @@ COMMENT ON COLUMN batchd.items.worker_id IS 'Worker that claimed the item last (
 -- retry back-off, or queued for routes this worker does not serve, are skipped
 -- without visiting the heap. (INCLUDE columns would only be checked after the
 -- heap fetch.) Since id is unique, the trailing keys do not change the order.
+-- A claimed item leaves a dead entry here until vacuum; later claims skip it
+-- cheaply once it is marked dead (after no snapshot can see the old version),
+-- so a very long transaction elsewhere makes claims slower until it ends.
 CREATE INDEX items_claim_idx
     ON batchd.items (priority DESC, id, run_after, route)
     WHERE status = 'queued';

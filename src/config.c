@@ -58,6 +58,7 @@ struct ConfigCtx {
 	const ConfigKey *keys;
 	size_t nkeys;
 	uint64_t seen;          /* bit i: keys[i] already set in this section */
+	int key_line[64];       /* line where keys[i] was last set in this section */
 	int batchd_line;        /* line of [batchd], 0 when absent */
 
 	bool failed;
@@ -151,6 +152,53 @@ static int set_size(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char 
 	return 0;
 }
 
+/* A rate ("20/s", "0.5/s", "100/m", "1000/h") into a double, per second; at most key->max/s. */
+static int set_rate(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	double v;
+
+	if (parse_rate(value, &v) < 0) {
+		ctx_fail(ctx, "%s: invalid rate '%s' (expected e.g. 20/s, 0.5/s, 100/m, 1000/h)",
+			 key->name, value);
+		return -1;
+	}
+	if (v > (double)key->max) {
+		ctx_fail(ctx, "%s: rate '%s' out of range (at most %lld/s)",
+			 key->name, value, (long long)key->max);
+		return -1;
+	}
+	*FIELD(obj, key, double) = v;
+	return 0;
+}
+
+/* A duration where 0 means "off"; anything else must be in key->min..key->max. */
+static int set_duration_or_zero(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	int64_t v;
+
+	if (parse_duration_ms(value, &v) < 0) {
+		ctx_fail(ctx, "%s: invalid duration '%s' (expected e.g. 250ms, 5s, 2m, 1h, 30d)",
+			 key->name, value);
+		return -1;
+	}
+	if (v != 0 && (v < key->min || v > key->max)) {
+		ctx_fail(ctx, "%s: duration '%s' out of range (0 or %lldms to %lldms)",
+			 key->name, value, (long long)key->min, (long long)key->max);
+		return -1;
+	}
+	*FIELD(obj, key, int64_t) = v;
+	return 0;
+}
+
+static int set_bool(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	if (parse_bool(value, FIELD(obj, key, bool)) < 0) {
+		ctx_fail(ctx, "%s: invalid value '%s' (expected yes or no)", key->name, value);
+		return -1;
+	}
+	return 0;
+}
+
 static int set_log_level(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
 {
 	if (log_parse_level(value, FIELD(obj, key, enum LogLevel)) < 0) {
@@ -229,6 +277,152 @@ static bool is_tchar(char c)
 		(c >= '0' && c <= '9') || (c && strchr("!#$%&'*+-.^_`|~", c));
 }
 
+/* A header name: one or more token characters. */
+static bool valid_header_name(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		if (!is_tchar(*s))
+			return false;
+	}
+	return true;
+}
+
+static int set_header_name(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	if (!valid_header_name(value)) {
+		ctx_fail(ctx, "%s: invalid header name '%s' (expected a token such as Idempotency-Key)",
+			 key->name, value);
+		return -1;
+	}
+	return set_string(ctx, key, obj, value);
+}
+
+static int set_secret_header(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	Provider *p = obj;
+	char *name;
+	int i;
+
+	/* Not echoed: a mistaken "Name: value" here would carry the secret. */
+	if (!valid_header_name(value)) {
+		ctx_fail(ctx, "secret_header: invalid header name (expected a token such as X-Api-Key)");
+		return -1;
+	}
+	name = xstrdup(value);
+	for (i = 0; name[i]; i++) {
+		if (name[i] >= 'A' && name[i] <= 'Z')
+			name[i] = (char)(name[i] - 'A' + 'a');
+	}
+	for (i = 0; i < p->nsecret_headers; i++) {
+		if (strcmp(p->secret_headers[i], name) == 0) {
+			ctx_fail(ctx, "secret_header: '%s' is listed twice", value);
+			free(name);
+			return -1;
+		}
+	}
+	p->secret_headers = xrealloc(p->secret_headers,
+				     sizeof(char *) * ((size_t)p->nsecret_headers + 2));
+	p->secret_headers[p->nsecret_headers++] = name;
+	p->secret_headers[p->nsecret_headers] = NULL;
+	return 0;
+}
+
+/* "404, 409": HTTP status codes, three digits each, 100..599, no repeats. */
+static int parse_codes(ConfigCtx *ctx, const char *keyname, const char *value,
+		       int **out, int *nout)
+{
+	char *copy = xstrdup(value), *tok = copy, *comma;
+	int *codes, n = 1, i;
+
+	for (comma = copy; *comma; comma++)
+		n += *comma == ',';
+	codes = xcalloc((size_t)n, sizeof(int));
+	for (n = 0; tok; tok = comma) {
+		int64_t v;
+
+		comma = strchr(tok, ',');
+		if (comma)
+			*comma++ = '\0';
+		str_trim(tok);
+		if (strlen(tok) != 3 || strspn(tok, "0123456789") != 3 ||
+		    parse_int(tok, 100, 599, &v) < 0) {
+			ctx_fail(ctx, "%s: invalid status code '%s' (expected a comma-separated "
+				 "list of HTTP status codes from 100 to 599)", keyname, tok);
+			goto fail;
+		}
+		for (i = 0; i < n; i++) {
+			if (codes[i] == (int)v) {
+				ctx_fail(ctx, "%s: %d is listed twice", keyname, codes[i]);
+				goto fail;
+			}
+		}
+		codes[n++] = (int)v;
+	}
+	free(copy);
+	*out = codes;
+	*nout = n;
+	return 0;
+fail:
+	free(copy);
+	free(codes);
+	return -1;
+}
+
+static int set_retry_on(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	Provider *p = obj;
+
+	return parse_codes(ctx, key->name, value, &p->retry_on, &p->nretry_on);
+}
+
+static int set_permanent_on(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	Provider *p = obj;
+
+	return parse_codes(ctx, key->name, value, &p->permanent_on, &p->npermanent_on);
+}
+
+/*
+ * A PostgreSQL function, "function" or "schema.function", each part
+ * [A-Za-z_][A-Za-z0-9_]*.  It is quoted into SQL later, so nothing else
+ * passes; a part over 63 bytes (NAMEDATALEN - 1) would be silently
+ * truncated by the server and is refused too.
+ */
+static int set_sql_function(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	const char *s = value;
+	int parts = 0;
+
+	for (;;) {
+		size_t len = 0;
+
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_'))
+			goto bad;
+		while ((s[len] >= 'a' && s[len] <= 'z') || (s[len] >= 'A' && s[len] <= 'Z') ||
+		       (s[len] >= '0' && s[len] <= '9') || s[len] == '_')
+			len++;
+		if (len > 63) {
+			ctx_fail(ctx, "%s: name '%.*s' is too long (at most 63 characters)",
+				 key->name, (int)len, s);
+			return -1;
+		}
+		s += len;
+		parts++;
+		if (*s == '\0')
+			break;
+		if (*s != '.' || parts == 2)
+			goto bad;
+		s++;
+	}
+	return set_string(ctx, key, obj, value);
+bad:
+	ctx_fail(ctx, "%s: invalid function name '%s' (expected function or schema.function; "
+		 "letters, digits and '_', not starting with a digit)", key->name, value);
+	return -1;
+}
+
 static int set_header(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
 {
 	Provider *p = obj;
@@ -294,29 +488,56 @@ static int set_providers(ConfigCtx *ctx, const ConfigKey *key, void *obj, const 
 #define RTE(field) offsetof(Route, field)
 #define DAY_MS (86400LL * 1000)
 
+#define HOUR_MS (3600LL * 1000)
+#define GB (1024LL * 1024 * 1024)
+#define MAX_RATE 1000000        /* requests per second */
+
 static const ConfigKey batchd_keys[] = {
 	{ "database", set_string, CFG(database), 1, 0, false },
 	{ "flush_interval", set_duration, CFG(flush_interval_ms), 0, 60 * 1000, false },
 	{ "flush_size", set_int, CFG(flush_size), 1, 100000, false },
+	{ "heartbeat_interval", set_duration, CFG(heartbeat_interval_ms), 100, HOUR_MS, false },
+	{ "lease_timeout", set_duration, CFG(lease_timeout_ms), 1000, DAY_MS, false },
 	{ "listen", set_listen, CFG(listen), 1, 0, false },
 	{ "log_format", set_log_format, CFG(log_format), 0, 0, false },
 	{ "log_level", set_log_level, CFG(log_level), 0, 0, false },
+	{ "max_body_size", set_size, CFG(max_body_size), 1024, GB, false },
 	{ "max_inflight", set_int, CFG(max_inflight), 1, 100000, false },
 	{ "poll_interval", set_duration, CFG(poll_interval_ms), 10, DAY_MS, false },
+	{ "retention", set_duration_or_zero, CFG(retention_ms), HOUR_MS, 3650 * DAY_MS, false },
 	{ "shutdown_timeout", set_duration, CFG(shutdown_timeout_ms), 0, DAY_MS, false },
+	{ "watchdog_db_grace", set_duration, CFG(watchdog_db_grace_ms), 1000, DAY_MS, false },
 };
 
 static const ConfigKey provider_keys[] = {
+	{ "backoff", set_duration, PRV(backoff_ms), 1, HOUR_MS, false },
+	{ "backoff_max", set_duration, PRV(backoff_max_ms), 1, DAY_MS, false },
 	{ "body", set_string, PRV(body), 0, 0, false },
+	{ "breaker_cooldown", set_duration, PRV(breaker_cooldown_ms), 10, DAY_MS, false },
+	{ "breaker_failures", set_int, PRV(breaker_failures), 1, 100000, false },
+	{ "burst", set_int, PRV(burst), 1, 100000, false },
 	{ "connect_timeout", set_duration, PRV(connect_timeout_ms), 1, DAY_MS, false },
 	{ "header", set_header, 0, 0, 0, true },
-	{ "max_response_size", set_size, PRV(max_response_size), 1, 1024LL * 1024 * 1024, false },
+	{ "idempotency_header", set_header_name, PRV(idempotency_header), 0, 0, false },
+	{ "max_concurrency", set_int, PRV(max_concurrency), 1, 100000, false },
+	{ "max_response_size", set_size, PRV(max_response_size), 1, GB, false },
 	{ "method", set_method, PRV(method), 0, 0, false },
+	{ "permanent_on", set_permanent_on, 0, 0, 0, false },
+	{ "rate", set_rate, PRV(rate), 0, MAX_RATE, false },
+	{ "requeue_after", set_duration, PRV(requeue_after_ms), 0, DAY_MS, false },
+	{ "retries", set_int, PRV(retries), 0, 100, false },
+	{ "retry_on", set_retry_on, 0, 0, 0, false },
+	{ "secret_header", set_secret_header, 0, 0, 0, true },
 	{ "timeout", set_duration, PRV(timeout_ms), 1, DAY_MS, false },
 	{ "url", set_url, PRV(url), 1, 0, false },
 };
 
 static const ConfigKey route_keys[] = {
+	{ "failover_on_permanent", set_bool, RTE(failover_on_permanent), 0, 0, false },
+	{ "group_concurrency", set_int, RTE(group_concurrency), 1, 100000, false },
+	{ "group_rate", set_rate, RTE(group_rate), 0, MAX_RATE, false },
+	{ "hook", set_sql_function, RTE(hook), 0, 0, false },
+	{ "on_batch_done", set_sql_function, RTE(on_batch_done), 0, 0, false },
 	{ "providers", set_providers, 0, 0, 0, false },
 };
 
@@ -347,6 +568,13 @@ static Provider *provider_new(const char *name, int line)
 	p->timeout_ms = 30 * 1000;
 	p->connect_timeout_ms = 10 * 1000;
 	p->max_response_size = 1024 * 1024;
+	p->burst = 1;
+	p->retries = 3;
+	p->backoff_ms = 1000;
+	p->backoff_max_ms = 60 * 1000;
+	p->requeue_after_ms = 30 * 1000;
+	p->breaker_failures = 5;
+	p->breaker_cooldown_ms = 60 * 1000;
 	p->line = line;
 	return p;
 }
@@ -360,6 +588,12 @@ static void provider_free(Provider *p)
 	for (i = 0; i < p->nheaders; i++)
 		free(p->headers[i]);
 	free(p->headers);
+	for (i = 0; i < p->nsecret_headers; i++)
+		free(p->secret_headers[i]);
+	free(p->secret_headers);
+	free(p->retry_on);
+	free(p->permanent_on);
+	free(p->idempotency_header);
 	free(p->name);
 	free(p->url);
 	free(p->method);
@@ -379,8 +613,102 @@ static void route_free(Route *r)
 	}
 	free(r->provider_names);
 	free(r->providers);
+	free(r->hook);
+	free(r->on_batch_done);
 	free(r->name);
 	free(r);
+}
+
+/* Line where the current section set key name, 0 if it did not. */
+static int key_line(const ConfigCtx *ctx, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < ctx->nkeys; i++) {
+		if (strcmp(ctx->keys[i].name, name) == 0)
+			return (ctx->seen & (1ULL << i)) ? ctx->key_line[i] : 0;
+	}
+	return 0;
+}
+
+/* A duration in the largest unit that divides it: "5s", "1500ms", "2m". */
+static const char *format_ms(int64_t ms, char *buf, size_t len)
+{
+	static const struct { const char *unit; int64_t mult; } units[] = {
+		{ "d", DAY_MS }, { "h", HOUR_MS }, { "m", 60 * 1000 }, { "s", 1000 },
+	};
+	size_t i;
+
+	for (i = 0; ms != 0 && i < ARRAY_SIZE(units); i++) {
+		if (ms % units[i].mult == 0) {
+			snprintf(buf, len, "%lld%s", (long long)(ms / units[i].mult), units[i].unit);
+			return buf;
+		}
+	}
+	snprintf(buf, len, "%lldms", (long long)ms);
+	return buf;
+}
+
+/*
+ * Checks across keys of one section, run when it ends (the next section
+ * header or the end of the file), while the lines of its keys are known.
+ * An error names the line of the key the message starts with, or of the
+ * other key when that one was left at its default; for two lists, the
+ * one written last.
+ */
+static void section_close(ConfigCtx *ctx)
+{
+	char a[32], b[32];
+
+	if (ctx->failed)
+		return;
+	if (ctx->kind == SEC_BATCHD) {
+		Config *cfg = ctx->obj;
+		int lease = key_line(ctx, "lease_timeout");
+		int hb = key_line(ctx, "heartbeat_interval");
+
+		if (cfg->lease_timeout_ms < 2 * cfg->heartbeat_interval_ms)
+			ctx_fail_at(ctx, lease ? lease : hb,
+				    "lease_timeout (%s%s) must be at least twice heartbeat_interval (%s)",
+				    format_ms(cfg->lease_timeout_ms, a, sizeof(a)),
+				    lease ? "" : ", the default",
+				    format_ms(cfg->heartbeat_interval_ms, b, sizeof(b)));
+	} else if (ctx->kind == SEC_PROVIDER) {
+		Provider *p = ctx->obj;
+		int max = key_line(ctx, "backoff_max");
+		int base = key_line(ctx, "backoff");
+		int retry = key_line(ctx, "retry_on");
+		int perm = key_line(ctx, "permanent_on");
+		const int *later = p->permanent_on, *other = p->retry_on;
+		int nlater = p->npermanent_on, nother = p->nretry_on, i, j;
+
+		if (p->backoff_max_ms < p->backoff_ms) {
+			ctx_fail_at(ctx, max ? max : base,
+				    "backoff_max (%s%s) must be at least backoff (%s)",
+				    format_ms(p->backoff_max_ms, a, sizeof(a)),
+				    max ? "" : ", the default",
+				    format_ms(p->backoff_ms, b, sizeof(b)));
+			return;
+		}
+		if (retry > perm) {
+			later = p->retry_on;
+			other = p->permanent_on;
+			nlater = p->nretry_on;
+			nother = p->npermanent_on;
+		}
+		for (i = 0; i < nlater; i++) {
+			for (j = 0; j < nother; j++) {
+				if (later[i] == other[j]) {
+					ctx_fail_at(ctx, retry > perm ? retry : perm,
+						    "%s: %d is also listed in %s",
+						    retry > perm ? "retry_on" : "permanent_on",
+						    later[i],
+						    retry > perm ? "permanent_on" : "retry_on");
+					return;
+				}
+			}
+		}
+	}
 }
 
 /*
@@ -397,6 +725,10 @@ static void section_open(ConfigCtx *ctx, const char *raw)
 	name = text + kindlen;
 	name += strspn(name, " \t");
 	text[kindlen] = '\0';
+
+	section_close(ctx);
+	if (ctx->failed)
+		goto out;
 
 	free(ctx->section_raw);
 	ctx->section_raw = xstrdup(raw);
@@ -585,6 +917,7 @@ static int config_handler(void *user, const char *section, const char *name, con
 		return 0;
 	}
 	ctx->seen |= 1ULL << i;
+	ctx->key_line[i] = ctx->line;
 
 	expanded = config_expand_env(value, msg, sizeof(msg));
 	if (!expanded) {
@@ -670,6 +1003,11 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	cfg->poll_interval_ms = 5 * 1000;
 	cfg->flush_interval_ms = 20;
 	cfg->flush_size = 500;
+	cfg->heartbeat_interval_ms = 5 * 1000;
+	cfg->lease_timeout_ms = 30 * 1000;
+	cfg->max_body_size = 64LL * 1024 * 1024;
+	cfg->retention_ms = 0;
+	cfg->watchdog_db_grace_ms = 60 * 1000;
 	ctx.cfg = cfg;
 
 	/*
@@ -691,6 +1029,8 @@ Config *config_load(const char *path, char *err, size_t errlen)
 		ctx_fail_at(&ctx, 0, "out of memory");
 	else if (rc != 0 && !ctx.failed)
 		ctx_fail(&ctx, "syntax error (expected 'key = value', '[section]' or a comment)");
+	else
+		section_close(&ctx);    /* the last one */
 	fclose(ctx.f);
 	free(ctx.linebuf);
 	free(ctx.section_raw);

@@ -22,92 +22,13 @@
 #include <curl/curl.h>
 #include <yajl/yajl_tree.h>
 
-#include "batchd/engine.h"
-#include "batchd/db.h"
-#include "batchd/http.h"
+#include "batchd/engine_int.h"
 #include "batchd/json.h"
 #include "batchd/log.h"
 #include "batchd/migrate.h"
 #include "batchd/tmpl.h"
 
-#define HEARTBEAT_MS 5000
 #define STOP_DB_GRACE_MS 10000
-
-enum Outcome {
-	OUT_SUCCESS,    /* 2xx */
-	OUT_TRANSIENT,  /* may succeed later: timeouts, resets, 5xx, 408, 429 */
-	OUT_PERMANENT,  /* will not: other 4xx, oversize, bad template */
-};
-
-enum StopPhase {
-	STOP_NONE,
-	STOP_DRAINING,  /* no claims; waiting for transfers */
-	STOP_FLUSHING,  /* recording completions, then deregistering */
-	STOP_DONE,
-};
-
-typedef struct Job {
-	struct Job *prev, *next;   /* active transfers list */
-	Engine *e;
-	int64_t id;
-	char batch_id[37];
-	Route *route;
-	Provider *provider;
-	char *payload_text;
-	yajl_val payload;
-	int attempts;
-	int max_attempts;
-	int64_t started_us;        /* realtime, transfer start */
-	CURL *easy;
-	struct curl_slist *headers;
-	StrBuf url;
-	StrBuf body;
-	StrBuf resp;
-	int64_t max_size;
-	bool too_big;
-	char errbuf[CURL_ERROR_SIZE];
-} Job;
-
-/* Pending completions: one JSON object each, flushed as one array. */
-typedef struct RecList {
-	char **v;
-	int n;
-	int cap;
-} RecList;
-
-struct Engine {
-	Batchd *bd;
-	Config *cfg;
-	Db *db;
-	Http *http;
-
-	bool setup_done;          /* schema checked, worker registered, LISTENing */
-	bool ever_ready;
-	bool claim_inflight;
-	bool more_work;           /* the last claim was full, or we were woken */
-	bool urgent;              /* woken by NOTIFY/poll: claim even a little */
-	int claim_asked;          /* limit of the claim in flight */
-	unsigned wake_seq;        /* bumped by every wake-up */
-	unsigned claim_wake_seq;  /* wake_seq when the claim was sent */
-	char *routes_param;       /* text[] literal of the routes we serve */
-
-	Job *jobs;                /* active transfers */
-	int ntransfers;
-
-	RecList pending;          /* waiting to be flushed */
-	RecList flushing;         /* in the flush statement now */
-	bool flush_inflight;
-	bool isolate;             /* a flush failed: record one at a time */
-
-	struct event *flush_timer;
-	struct event *poll_timer;
-	struct event *heartbeat_timer;
-	struct event *stop_timer;
-	enum StopPhase stop;
-	bool stop_immediate;
-
-	EngineStats st;
-};
 
 static void engine_maybe_claim(Engine *e);
 static void engine_maybe_flush(Engine *e, bool force);
@@ -161,20 +82,46 @@ static void arm_ms(struct event *ev, int64_t ms)
 
 static int held(const Engine *e)
 {
-	return e->ntransfers + e->pending.n + e->flushing.n;
+	return e->njobs + e->pending.n + e->flushing.n;
 }
 
 /* ------------------------------------------------------------ completions */
 
+static void append_tries(StrBuf *sb, const Job *j)
+{
+	bool first = true;
+	sb_puts(sb, ",\"tries\":{");
+	for (int i = 0; i < j->route->nproviders && i < MAX_ROUTE_PROVIDERS; i++) {
+		const char *name = j->route->providers[i]->name;
+		if (!j->tries_by[i])
+			continue;
+		if (!first)
+			sb_putc(sb, ',');
+		first = false;
+		json_append_string(sb, name, strlen(name));
+		sb_printf(sb, ":%d", j->tries_by[i]);
+	}
+	sb_putc(sb, '}');
+}
+
+static RouteStats *route_stats(Engine *e, const Route *r)
+{
+	for (int i = 0; i < e->cfg->nroutes; i++)
+		if (e->cfg->routes[i] == r)
+			return &e->route_stats[i];
+	return NULL;
+}
+
 /*
- * Append one completion record.  body may be NULL (no result).  Records are
- * JSON objects consumed by batchd.complete_items().
+ * Append one completion record (a JSON object for batchd.complete_items).
+ * body may be NULL (no result).
  */
-static void record(Engine *e, Job *j, const char *status, long http_status,
+void engine_record(Engine *e, Job *j, const char *status, long http_status,
 		   const char *body, size_t blen, const char *error)
 {
 	StrBuf sb;
 	char ts[40];
+	RouteStats *rs = route_stats(e, j->route);
 
 	sb_init(&sb);
 	sb_printf(&sb, "{\"id\":%lld,\"status\":\"%s\",\"http_status\":", (long long)j->id, status);
@@ -193,10 +140,11 @@ static void record(Engine *e, Job *j, const char *status, long http_status,
 	else
 		sb_puts(&sb, "null");
 	sb_puts(&sb, ",\"provider\":");
-	if (j->provider)
-		json_append_string(&sb, j->provider->name, strlen(j->provider->name));
+	if (j->ps)
+		json_append_string(&sb, j->ps->name, strlen(j->ps->name));
 	else
 		sb_puts(&sb, "null");
+	append_tries(&sb, j);
 	if (j->started_us) {
 		format_timestamp(j->started_us, ts, sizeof(ts));
 		sb_printf(&sb, ",\"started_at\":\"%s\"", ts);
@@ -204,13 +152,50 @@ static void record(Engine *e, Job *j, const char *status, long http_status,
 	format_timestamp(now_realtime_us(), ts, sizeof(ts));
 	sb_printf(&sb, ",\"finished_at\":\"%s\"}", ts);
 
-	if (strcmp(status, "succeeded") == 0)
+	if (strcmp(status, "succeeded") == 0) {
 		e->st.succeeded++;
-	else
+		if (rs)
+			rs->succeeded++;
+	} else {
 		e->st.failed++;
+		if (rs)
+			rs->failed++;
+	}
 	rec_push(&e->pending, sb_steal(&sb));
 	sb_free(&sb);
 	log_debug("item %lld %s%s%s", (long long)j->id, status, error ? ": " : "", error ? error : "");
+}
+
+/*
+ * Put the item back in the queue until now + delay_ms without spending an
+ * attempt (a long Retry-After or backoff, or every breaker open): the wait
+ * then survives a restart and holds no capacity here.
+ */
+void engine_defer(Engine *e, Job *j, int64_t delay_ms, const char *why)
+{
+	StrBuf sb;
+	char ts[40];
+	RouteStats *rs = route_stats(e, j->route);
+
+	sb_init(&sb);
+	sb_printf(&sb, "{\"id\":%lld,\"status\":\"queued\",\"error\":", (long long)j->id);
+	json_append_string(&sb, why, strlen(why));
+	sb_puts(&sb, ",\"provider\":");
+	if (j->ps)
+		json_append_string(&sb, j->ps->name, strlen(j->ps->name));
+	else
+		sb_puts(&sb, "null");
+	append_tries(&sb, j);
+	format_timestamp(now_realtime_us() + delay_ms * 1000, ts, sizeof(ts));
+	sb_printf(&sb, ",\"run_after\":\"%s\"}", ts);
+	rec_push(&e->pending, sb_steal(&sb));
+	sb_free(&sb);
+	e->st.deferred++;
+	if (rs)
+		rs->deferred++;
+	log_info("item %lld back to the queue for %lld ms: %s", (long long)j->id,
+		 (long long)delay_ms, why);
+	engine_job_done(e, j);
 }
 
 static void flush_done(PGresult *res, void *arg);
@@ -335,22 +320,9 @@ static void flush_done(PGresult *res, void *arg)
 	engine_maybe_claim(e);
 }
 
-/* --------------------------------------------------------------- outcomes */
+/* -------------------------------------------------------------------- jobs */
 
-static void job_free(Engine *e, Job *j)
-{
-	if (j->easy)
-		http_easy_release(e->http, j->easy);
-	curl_slist_free_all(j->headers);
-	sb_free(&j->url);
-	sb_free(&j->body);
-	sb_free(&j->resp);
-	yajl_tree_free(j->payload);
-	free(j->payload_text);
-	free(j);
-}
-
-static void job_unlink(Engine *e, Job *j)
+void engine_job_done(Engine *e, Job *j)
 {
 	if (j->prev)
 		j->prev->next = j->next;
@@ -358,90 +330,22 @@ static void job_unlink(Engine *e, Job *j)
 		e->jobs = j->next;
 	if (j->next)
 		j->next->prev = j->prev;
-	j->prev = j->next = NULL;
-	e->ntransfers--;
+	e->njobs--;
+	dispatch_job_release(e, j);
+	if (j->retry_timer)
+		event_free(j->retry_timer);
+	sb_free(&j->url);
+	sb_free(&j->body);
+	sb_free(&j->resp);
+	yajl_tree_free(j->payload);
+	free(j->payload_text);
+	free(j->last_error);
+	free(j);
 }
 
-/* One line of the body for an error text: printable ASCII, at most n bytes. */
-static void body_snippet(const char *body, size_t len, char *out, size_t n)
+/* After anything that may free capacity or add completions. */
+void engine_after_event(Engine *e)
 {
-	size_t o = 0;
-	for (size_t i = 0; i < len && o + 1 < n; i++) {
-		unsigned char c = (unsigned char)body[i];
-		out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
-	}
-	out[o] = '\0';
-}
-
-/*
- * Decide what happens to a finished item.  Retries, backoff, breakers and
- * failover hook in here: for now transient and permanent outcomes both end
- * the item as failed.
- */
-static void job_outcome(Engine *e, Job *j, enum Outcome out, long status, const char *error)
-{
-	switch (out) {
-	case OUT_SUCCESS:
-		record(e, j, "succeeded", status, j->resp.data, j->resp.len, NULL);
-		break;
-	case OUT_TRANSIENT:
-	case OUT_PERMANENT:
-		record(e, j, "failed", status, j->resp.data, j->resp.len, error);
-		break;
-	}
-}
-
-static enum Outcome classify_status(long status)
-{
-	if (status >= 200 && status < 300)
-		return OUT_SUCCESS;
-	if (status >= 500 || status == 408 || status == 429)
-		return OUT_TRANSIENT;
-	return OUT_PERMANENT;
-}
-
-static void transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
-{
-	Engine *e = arg;
-	Job *j = priv;
-	long status = 0;
-	char err[512];
-
-	job_unlink(e, j);
-	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-
-	if (code == CURLE_OK) {
-		enum Outcome out = classify_status(status);
-		if (out == OUT_SUCCESS) {
-			job_outcome(e, j, out, status, NULL);
-		} else {
-			char snip[201];
-			body_snippet(j->resp.data ? j->resp.data : "", j->resp.len, snip, sizeof(snip));
-			if (snip[0])
-				snprintf(err, sizeof(err), "HTTP %ld from %s: %s", status, j->provider->name, snip);
-			else
-				snprintf(err, sizeof(err), "HTTP %ld from %s", status, j->provider->name);
-			job_outcome(e, j, out, status, err);
-		}
-	} else if (j->too_big || code == CURLE_FILESIZE_EXCEEDED) {
-		snprintf(err, sizeof(err), "response larger than max_response_size (%lld bytes) from %s",
-			 (long long)j->max_size, j->provider->name);
-		/* the partial body is not a result */
-		sb_reset(&j->resp);
-		j->resp.len = 0;
-		job_outcome(e, j, OUT_PERMANENT, status, err);
-	} else {
-		const char *detail = j->errbuf[0] ? j->errbuf : curl_easy_strerror(code);
-		if (code == CURLE_OPERATION_TIMEDOUT)
-			snprintf(err, sizeof(err), "timeout after %lld ms calling %s: %s",
-				 (long long)j->provider->timeout_ms, j->provider->name, detail);
-		else
-			snprintf(err, sizeof(err), "request to %s failed: %s", j->provider->name, detail);
-		sb_reset(&j->resp);
-		job_outcome(e, j, OUT_TRANSIENT, 0, err);
-	}
-	job_free(e, j);
-
 	if (e->stop == STOP_DRAINING) {
 		stop_progress(e);
 		return;
@@ -450,112 +354,11 @@ static void transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 	engine_maybe_claim(e);
 }
 
-/* ---------------------------------------------------------------- dispatch */
-
-static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
-{
-	Job *j = ud;
-	size_t n = size * nmemb;
-
-	if ((int64_t)(j->resp.len + n) > j->max_size) {
-		j->too_big = true;
-		return 0;  /* CURLE_WRITE_ERROR */
-	}
-	sb_append(&j->resp, ptr, n);
-	return n;
-}
-
-/* Fail an item before any request was made (bad template, bad payload). */
+/* Fail an item before it reached any provider (bad payload). */
 static void job_fail_early(Engine *e, Job *j, const char *error)
 {
-	record(e, j, "failed", 0, NULL, 0, error);
-	job_free(e, j);
-}
-
-static bool has_header(const Provider *p, const char *name)
-{
-	size_t n = strlen(name);
-	for (int i = 0; i < p->nheaders; i++)
-		if (strncasecmp(p->headers[i], name, n) == 0 && p->headers[i][n] == ':')
-			return true;
-	return false;
-}
-
-static int job_prepare(Engine *e, Job *j, char *err, size_t errlen)
-{
-	Provider *p = j->provider;
-	CURL *c;
-
-	if (tmpl_render(p->url, j->payload, TMPL_URL, &j->url, err, errlen) < 0)
-		return -1;
-	for (int i = 0; i < p->nheaders; i++) {
-		StrBuf h;
-		sb_init(&h);
-		if (tmpl_render(p->headers[i], j->payload, TMPL_HEADER, &h, err, errlen) < 0) {
-			sb_free(&h);
-			return -1;
-		}
-		j->headers = curl_slist_append(j->headers, h.data);
-		sb_free(&h);
-	}
-	if (p->body) {
-		if (tmpl_render(p->body, j->payload, TMPL_JSON, &j->body, err, errlen) < 0)
-			return -1;
-	} else if (strcmp(p->method, "GET") != 0 && strcmp(p->method, "DELETE") != 0) {
-		sb_puts(&j->body, j->payload_text);
-	}
-	if (j->body.len > 0 && !has_header(p, "Content-Type"))
-		j->headers = curl_slist_append(j->headers, "Content-Type: application/json");
-	/* no "Expect: 100-continue" round trip on larger bodies */
-	j->headers = curl_slist_append(j->headers, "Expect:");
-
-	c = j->easy = http_easy_get(e->http);
-	curl_easy_setopt(c, CURLOPT_URL, j->url.data);
-	curl_easy_setopt(c, CURLOPT_PRIVATE, j);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, j->errbuf);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, j);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)p->timeout_ms);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)p->connect_timeout_ms);
-	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)p->max_response_size);
-	curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "");
-	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "batchd/" PACKAGE_VERSION);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, j->headers);
-	if (strcmp(p->method, "GET") == 0) {
-		curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
-	} else {
-		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, p->method);
-		if (j->body.len > 0 || strcmp(p->method, "DELETE") != 0) {
-			curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->body.data ? j->body.data : "");
-			curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)j->body.len);
-		}
-	}
-	j->max_size = p->max_response_size;
-	return 0;
-}
-
-static void dispatch(Engine *e, Job *j)
-{
-	char err[512];
-
-	if (job_prepare(e, j, err, sizeof(err)) < 0) {
-		job_fail_early(e, j, err);
-		return;
-	}
-	j->started_us = now_realtime_us();
-	if (http_start(e->http, j->easy) < 0) {
-		job_fail_early(e, j, "could not start the transfer");
-		return;
-	}
-	j->next = e->jobs;
-	if (e->jobs)
-		e->jobs->prev = j;
-	e->jobs = j;
-	e->ntransfers++;
+	engine_record(e, j, "failed", 0, NULL, 0, error);
+	engine_job_done(e, j);
 }
 
 /* ------------------------------------------------------------------ claims */
@@ -589,6 +392,7 @@ static void claim_done(PGresult *res, void *arg)
 		const char *route = PQgetvalue(res, i, 2);
 
 		j->e = e;
+		j->state = JOB_NEW;
 		j->id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
 		snprintf(j->batch_id, sizeof(j->batch_id), "%s", PQgetvalue(res, i, 1));
 		j->payload_text = xstrdup(PQgetvalue(res, i, 3));
@@ -597,19 +401,23 @@ static void claim_done(PGresult *res, void *arg)
 		sb_init(&j->url);
 		sb_init(&j->body);
 		sb_init(&j->resp);
+		j->next = e->jobs;
+		if (e->jobs)
+			e->jobs->prev = j;
+		e->jobs = j;
+		e->njobs++;
 		j->route = config_find_route(e->cfg, route);
 		if (!j->route) {
 			/* cannot happen: we claim only our routes */
 			job_fail_early(e, j, "route not configured on this worker");
 			continue;
 		}
-		j->provider = j->route->providers[0];
 		j->payload = yajl_tree_parse(j->payload_text, perr, sizeof(perr));
 		if (!j->payload) {
 			job_fail_early(e, j, "payload is not valid JSON");
 			continue;
 		}
-		dispatch(e, j);
+		dispatch_route(e, j);
 	}
 	engine_maybe_flush(e, false);
 	engine_maybe_claim(e);
@@ -619,7 +427,8 @@ static void engine_maybe_claim(Engine *e)
 {
 	int cap, threshold;
 	char limit[16];
-	const char *params[3];
+	const char *params[6];
+	int rc;
 
 	if (!e->setup_done || e->claim_inflight || e->stop != STOP_NONE || !e->more_work)
 		return;
@@ -640,9 +449,20 @@ static void engine_maybe_claim(Engine *e)
 	params[0] = e->bd->worker_id;
 	params[1] = e->routes_param;
 	params[2] = limit;
-	if (db_query(e->db, "SELECT id, batch_id, route, payload, attempts, max_attempts "
-		     "FROM batchd.claim_items($1::uuid, $2::text[], $3::int)",
-		     3, params, claim_done, e) < 0)
+	if (e->have_groups) {
+		/* routes with per-group limits are enforced in the claim, fleet-wide */
+		params[3] = e->group_routes_param;
+		params[4] = e->group_conc_param;
+		params[5] = e->group_interval_param;
+		rc = db_query(e->db, "SELECT id, batch_id, route, payload, attempts, max_attempts "
+			      "FROM batchd.claim_items($1::uuid, $2::text[], $3::int, $4::text[], "
+			      "$5::int[], $6::float8[])", 6, params, claim_done, e);
+	} else {
+		rc = db_query(e->db, "SELECT id, batch_id, route, payload, attempts, max_attempts "
+			      "FROM batchd.claim_items($1::uuid, $2::text[], $3::int)",
+			      3, params, claim_done, e);
+	}
+	if (rc < 0)
 		return;
 	e->claim_inflight = true;
 	e->claim_asked = cap;
@@ -815,7 +635,7 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	char n[16];
 	const char *params[2];
 
-	arm_ms(e->heartbeat_timer, HEARTBEAT_MS);
+	arm_ms(e->heartbeat_timer, e->cfg->heartbeat_interval_ms);
 	if (!e->setup_done)
 		return;
 	snprintf(n, sizeof(n), "%d", e->ntransfers);
@@ -845,15 +665,6 @@ static void deregister_done(PGresult *res, void *arg)
 	batchd_engine_stopped(e->bd, db_result_ok(res) ? 0 : 1);
 }
 
-static void abort_transfers(Engine *e)
-{
-	while (e->jobs) {
-		Job *j = e->jobs;
-		job_unlink(e, j);
-		http_abort(e->http, j->easy);
-		job_free(e, j);
-	}
-}
 
 /*
  * Drive the stop forward: wait for transfers, then flush every completion,
@@ -896,7 +707,7 @@ static void stop_timer_cb(evutil_socket_t fd, short what, void *arg)
 	if (e->stop == STOP_DRAINING) {
 		log_warn("shutdown_timeout reached: abandoning %d transfer(s); their items go "
 			 "back to the queue", e->ntransfers);
-		abort_transfers(e);
+		dispatch_abort_all(e);
 		stop_progress(e);
 	} else if (e->stop == STOP_FLUSHING) {
 		log_error("could not reach the database to record %d completion(s) and release "
@@ -923,13 +734,14 @@ void engine_stop(Engine *e, bool immediate)
 	if (immediate || e->stop != STOP_NONE) {
 		if (e->stop == STOP_DRAINING || e->stop == STOP_NONE) {
 			log_info("stopping now: abandoning %d transfer(s)", e->ntransfers);
-			abort_transfers(e);
+			dispatch_abort_all(e);
 			e->stop = STOP_DRAINING;
 		}
 		stop_progress(e);
 		return;
 	}
 	e->stop = STOP_DRAINING;
+	dispatch_drop_waiting(e);
 	log_info("stopping: no new claims; waiting up to %lld ms for %d transfer(s)",
 		 (long long)e->cfg->shutdown_timeout_ms, e->ntransfers);
 	arm_ms(e->stop_timer, e->cfg->shutdown_timeout_ms);
@@ -938,38 +750,79 @@ void engine_stop(Engine *e, bool immediate)
 
 /* ------------------------------------------------------------------ public */
 
+/* Append a text[] element, quoted for an array literal. */
+static void array_text(StrBuf *sb, const char *v)
+{
+	if (sb->len > 1)
+		sb_putc(sb, ',');
+	sb_putc(sb, '"');
+	for (const char *p = v; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			sb_putc(sb, '\\');
+		sb_putc(sb, *p);
+	}
+	sb_putc(sb, '"');
+}
+
+static char *array_close(StrBuf *sb)
+{
+	char *s;
+	sb_putc(sb, '}');
+	s = sb_steal(sb);
+	sb_free(sb);
+	return s;
+}
+
+/* Array literals for the claim: our routes, and the group limits. */
+static void build_claim_params(Engine *e)
+{
+	StrBuf r, gr, gc, gi;
+
+	sb_init(&r);
+	sb_init(&gr);
+	sb_init(&gc);
+	sb_init(&gi);
+	sb_putc(&r, '{');
+	sb_putc(&gr, '{');
+	sb_putc(&gc, '{');
+	sb_putc(&gi, '{');
+	e->have_groups = false;
+	for (int i = 0; i < e->cfg->nroutes; i++) {
+		const Route *rt = e->cfg->routes[i];
+		array_text(&r, rt->name);
+		if (rt->group_concurrency > 0 || rt->group_rate > 0) {
+			array_text(&gr, rt->name);
+			sb_printf(&gc, "%s%d", e->have_groups ? "," : "", rt->group_concurrency);
+			sb_printf(&gi, "%s%.3f", e->have_groups ? "," : "",
+				  rt->group_rate > 0 ? 1000.0 / rt->group_rate : 0.0);
+			e->have_groups = true;
+		}
+	}
+	free(e->routes_param);
+	free(e->group_routes_param);
+	free(e->group_conc_param);
+	free(e->group_interval_param);
+	e->routes_param = array_close(&r);
+	e->group_routes_param = array_close(&gr);
+	e->group_conc_param = array_close(&gc);
+	e->group_interval_param = array_close(&gi);
+}
+
 Engine *engine_new(Batchd *bd)
 {
 	static const DbHandlers handlers = { on_connect, on_disconnect, on_notify };
 	Engine *e = xcalloc(1, sizeof(*e));
-	StrBuf r;
 
 	e->bd = bd;
 	e->cfg = bd->cfg;
 	e->db = db_new(bd->base, bd->cfg->database, "db", &handlers, e);
-	e->http = http_new(bd->base, bd->cfg->max_inflight, transfer_done, e);
+	e->http = http_new(bd->base, bd->cfg->max_inflight, dispatch_transfer_done, e);
 	e->flush_timer = evtimer_new(bd->base, flush_timer_cb, e);
 	e->poll_timer = evtimer_new(bd->base, poll_timer_cb, e);
 	e->heartbeat_timer = evtimer_new(bd->base, heartbeat_cb, e);
 	e->stop_timer = evtimer_new(bd->base, stop_timer_cb, e);
-
-	/* text[] literal of our routes, each element quoted */
-	sb_init(&r);
-	sb_putc(&r, '{');
-	for (int i = 0; i < bd->cfg->nroutes; i++) {
-		if (i)
-			sb_putc(&r, ',');
-		sb_putc(&r, '"');
-		for (const char *p = bd->cfg->routes[i]->name; *p; p++) {
-			if (*p == '"' || *p == '\\')
-				sb_putc(&r, '\\');
-			sb_putc(&r, *p);
-		}
-		sb_putc(&r, '"');
-	}
-	sb_putc(&r, '}');
-	e->routes_param = sb_steal(&r);
-	sb_free(&r);
+	dispatch_init(e);
+	build_claim_params(e);
 	return e;
 }
 
@@ -977,16 +830,17 @@ void engine_start(Engine *e)
 {
 	db_start(e->db);
 	arm_ms(e->poll_timer, e->cfg->poll_interval_ms);
-	arm_ms(e->heartbeat_timer, HEARTBEAT_MS);
+	arm_ms(e->heartbeat_timer, e->cfg->heartbeat_interval_ms);
 }
 
 void engine_free(Engine *e)
 {
 	if (!e)
 		return;
-	abort_transfers(e);
+	dispatch_abort_all(e);
 	db_free(e->db);
 	http_free(e->http);
+	dispatch_free(e);
 	event_free(e->flush_timer);
 	event_free(e->poll_timer);
 	event_free(e->heartbeat_timer);
@@ -994,6 +848,9 @@ void engine_free(Engine *e)
 	rec_free(&e->pending);
 	rec_free(&e->flushing);
 	free(e->routes_param);
+	free(e->group_routes_param);
+	free(e->group_conc_param);
+	free(e->group_interval_param);
 	free(e);
 }
 
@@ -1016,5 +873,6 @@ void engine_get_stats(const Engine *e, EngineStats *out)
 {
 	*out = e->st;
 	out->inflight = e->ntransfers;
+	out->held = e->njobs;
 	out->pending = e->pending.n + e->flushing.n;
 }

@@ -28,6 +28,29 @@ typedef struct Provider {
 	int64_t timeout_ms;        /* whole transfer, default 30s */
 	int64_t connect_timeout_ms;/* default 10s */
 	int64_t max_response_size; /* bytes, default 1 MiB */
+
+	/* politeness (issue: provider calls) */
+	double rate;               /* requests per second; 0: unlimited (default) */
+	int burst;                 /* token bucket size, default 1 */
+	int max_concurrency;       /* transfers in flight; 0: unlimited (default) */
+
+	/* resilience */
+	int retries;               /* transient retries on this provider, default 3 */
+	int64_t backoff_ms;        /* base delay, default 1s; n-th retry waits
+	                              random(0, min(backoff_max, backoff * 2^(n-1))) */
+	int64_t backoff_max_ms;    /* default 60s */
+	int64_t requeue_after_ms;  /* longer waits requeue the item, default 30s */
+	int breaker_failures;      /* consecutive transient failures to open, default 5 */
+	int64_t breaker_cooldown_ms; /* open -> half-open, default 60s */
+	int *retry_on;             /* status codes made transient, e.g. 404 */
+	int nretry_on;
+	int *permanent_on;         /* status codes made permanent, e.g. 503 */
+	int npermanent_on;
+	char *idempotency_header;  /* e.g. "Idempotency-Key"; NULL: none */
+	char **secret_headers;     /* header names redacted in logs (lower case);
+	                              Authorization always is */
+	int nsecret_headers;
+
 	int line;                  /* line of the section header */
 } Provider;
 
@@ -38,6 +61,11 @@ typedef struct Route {
 	int nproviders;
 	int line;
 	int providers_line;        /* line of the providers key, for messages */
+	bool failover_on_permanent;/* permanent error: try the next provider, default no */
+	int group_concurrency;     /* items of one group running at once; 0: no limit */
+	double group_rate;         /* starts per second per group; 0: no limit */
+	char *hook;                /* schema.function(item batchd.items), or NULL */
+	char *on_batch_done;       /* schema.function(batch batchd.batches), or NULL */
 } Route;
 
 typedef struct Config {
@@ -51,6 +79,11 @@ typedef struct Config {
 	int64_t poll_interval_ms;  /* safety-net claim poll, default 5s */
 	int64_t flush_interval_ms; /* completion flush delay, default 20ms */
 	int flush_size;            /* completions per flush statement, default 500 */
+	int64_t heartbeat_interval_ms; /* default 5s */
+	int64_t lease_timeout_ms;  /* a worker silent this long is dead, default 30s */
+	int64_t max_body_size;     /* REST request bodies, default 64 MiB */
+	int64_t retention_ms;      /* delete finished batches older; 0: keep (default) */
+	int64_t watchdog_db_grace_ms; /* stop watchdog pings after the db is away this long, default 60s */
 	Provider **providers;
 	int nproviders;
 	Route **routes;

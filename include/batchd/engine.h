@@ -20,8 +20,10 @@ typedef struct EngineStats {
 	uint64_t succeeded;
 	uint64_t failed;
 	uint64_t fenced;
+	uint64_t deferred;         /* back to the queue to wait (retry, breakers) */
 	uint64_t flushes;
 	int inflight;              /* transfers running */
+	int held;                  /* items claimed and not yet finished here */
 	int pending;               /* completions not yet recorded */
 } EngineStats;
 

@@ -1199,6 +1199,7 @@ static struct {
 	uint64_t gen;            /* bumped by reset */
 	uint64_t requests;       /* == last seq */
 	uint64_t duplicate_ids;
+	uint64_t dropped;        /* ended without an answer */
 	uint64_t inflight, max_inflight;
 	uint64_t by_status[NSTATUS];
 	uint64_t by_method[NMETHODS];
@@ -1323,6 +1324,8 @@ static void request_done(uint64_t seq, uint64_t gen, int status)
 		return;         /* from before a reset */
 	if (status >= 0 && status < NSTATUS)
 		st.by_status[status]++;
+	else
+		st.dropped++;
 	if (seq < ring_oldest() || seq > st.requests)
 		return;
 	logent *e = ring_at(seq);
@@ -1350,11 +1353,9 @@ static void idcfg_clear(void)
 static void ring_clear(void)
 {
 	uint64_t n = st.requests < RING_CAP ? st.requests : RING_CAP;
-	for (uint64_t i = 0; i < n; i++) {
+	for (uint64_t i = 0; i < n; i++)
 		free(g_ring[i].blob);
-		g_ring[i].blob = NULL;
-	}
-	memset(g_ring, 0, RING_CAP * sizeof *g_ring);
+	memset(g_ring, 0, n * sizeof *g_ring); /* only the used part */
 }
 
 static void stats_reset(void)
@@ -1367,6 +1368,7 @@ static void stats_reset(void)
 	st.gen++;
 	st.requests = 0;
 	st.duplicate_ids = 0;
+	st.dropped = 0;
 	st.max_inflight = st.inflight;
 	memset(st.by_status, 0, sizeof st.by_status);
 	memset(st.by_method, 0, sizeof st.by_method);
@@ -1473,13 +1475,59 @@ static void config_json(sb_t *s)
 
 /* --------------------------------------------------------- responses */
 
+/* Reason phrases libevent 2.1 does not know (it would say "Client Error"). */
+static const char *reason_phrase(int code)
+{
+	switch (code) {
+	case 308: return "Permanent Redirect";
+	case 418: return "I'm a teapot";
+	case 421: return "Misdirected Request";
+	case 422: return "Unprocessable Entity";
+	case 423: return "Locked";
+	case 424: return "Failed Dependency";
+	case 425: return "Too Early";
+	case 426: return "Upgrade Required";
+	case 428: return "Precondition Required";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 451: return "Unavailable For Legal Reasons";
+	case 504: return "Gateway Timeout";
+	case 506: return "Variant Also Negotiates";
+	case 507: return "Insufficient Storage";
+	case 508: return "Loop Detected";
+	case 510: return "Not Extended";
+	case 511: return "Network Authentication Required";
+	default: return NULL; /* libevent's own */
+	}
+}
+
+/* Send the prepared response.  libevent 2.1 would send the body even for
+ * 204/304 and HEAD (breaking keep-alive framing): strip it here; HEAD
+ * keeps the Content-Length the GET would have had. */
+static void reply(struct evhttp_request *req, int status)
+{
+	struct evbuffer *out = evhttp_request_get_output_buffer(req);
+	size_t len = evbuffer_get_length(out);
+
+	if (status == 204 || status == 304 || status < 200) {
+		evbuffer_drain(out, len);
+	} else if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+		char n[24];
+		snprintf(n, sizeof n, "%zu", len);
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "Content-Length", n);
+		evbuffer_drain(out, len);
+	}
+	evhttp_send_reply(req, status, reason_phrase(status), NULL);
+}
+
 static void send_sb(struct evhttp_request *req, int code, sb_t *s,
     const char *ctype)
 {
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 	    "Content-Type", ctype);
 	sb_to_evbuffer(s, evhttp_request_get_output_buffer(req));
-	evhttp_send_reply(req, code, NULL, NULL);
+	reply(req, code);
 }
 
 static void send_error(struct evhttp_request *req, int code, const char *msg)
@@ -1559,7 +1607,7 @@ static void on_pend_timer(evutil_socket_t fd, short what, void *arg)
 		conn_reset(req);
 	} else {
 		request_done(seq, gen, status);
-		evhttp_send_reply(req, status, NULL, NULL);
+		reply(req, status);
 	}
 }
 
@@ -1631,6 +1679,9 @@ static void park(struct evhttp_request *req, uint64_t seq, int status,
 		evhttp_connection_set_closecb(p->evcon, on_conn_close, p);
 	if (action != A_HANG) {
 		struct timeval tv = { delay_ms / 1000, (delay_ms % 1000) * 1000 };
+		/* timers are based on the loop's cached time, which may be a few
+		 * ms old under load: refresh it so we never answer early */
+		event_base_update_cache_time(g_base);
 		event_assign(PEND_TIMER(p), g_base, -1, 0, on_pend_timer, p);
 		p->timer = event_add(PEND_TIMER(p), &tv) == 0;
 	}
@@ -1870,7 +1921,7 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 		delay += (long)(rng_next() % (uint64_t)(e.iv[F_JITTER] + 1));
 	if (action == A_SEND && delay == 0) {
 		request_done(seq, gen, status);
-		evhttp_send_reply(req, status, NULL, NULL);
+		reply(req, status);
 	} else {
 		park(req, seq, status, action, delay);
 	}
@@ -1897,6 +1948,8 @@ static void ctl_stats(struct evhttp_request *req)
 	sb_u64(&s, st.inflight);
 	sb_puts(&s, ",\"max_inflight\":");
 	sb_u64(&s, st.max_inflight);
+	sb_puts(&s, ",\"dropped\":");
+	sb_u64(&s, st.dropped);
 	sb_puts(&s, ",\"by_status\":{");
 	for (int i = 0; i < NSTATUS; i++) {
 		if (!st.by_status[i])
@@ -2348,7 +2401,14 @@ int main(int argc, char **argv)
 	}
 	g_ring = xcalloc(RING_CAP, sizeof *g_ring);
 
-	g_base = event_base_new();
+	/* precise timers: the default coarse monotonic clock has a resolution
+	 * of a few ms, which would answer delayed requests slightly early */
+	struct event_config *ecfg = event_config_new();
+	if (ecfg)
+		event_config_set_flag(ecfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+	g_base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+	if (ecfg)
+		event_config_free(ecfg);
 	if (!g_base) {
 		fputs("mock_provider: event_base_new failed\n", stderr);
 		return 1;

@@ -79,6 +79,13 @@ static int setup(void **state)
 	"[route r]\n" \
 	"providers = p\n"
 
+/* MINIMAL without [batchd], for tests that write their own */
+#define PROVIDER_ROUTE \
+	"[provider p]\n" \
+	"url = http://127.0.0.1:9/{id}\n" \
+	"[route r]\n" \
+	"providers = p\n"
+
 static void test_full(void **state)
 {
 	Config *cfg;
@@ -197,6 +204,440 @@ static void test_defaults(void **state)
 	assert_int_equal(p->max_response_size, 1024 * 1024);
 	assert_int_equal(p->nheaders, 0);
 	assert_null(p->body);
+
+	/* [batchd] */
+	assert_int_equal(cfg->heartbeat_interval_ms, 5000);
+	assert_int_equal(cfg->lease_timeout_ms, 30000);
+	assert_int_equal(cfg->max_body_size, 64 * 1024 * 1024);
+	assert_int_equal(cfg->retention_ms, 0);
+	assert_int_equal(cfg->watchdog_db_grace_ms, 60000);
+	/* [provider p] */
+	assert_true(p->rate == 0.0);
+	assert_int_equal(p->burst, 1);
+	assert_int_equal(p->max_concurrency, 0);
+	assert_int_equal(p->retries, 3);
+	assert_int_equal(p->backoff_ms, 1000);
+	assert_int_equal(p->backoff_max_ms, 60000);
+	assert_int_equal(p->requeue_after_ms, 30000);
+	assert_int_equal(p->breaker_failures, 5);
+	assert_int_equal(p->breaker_cooldown_ms, 60000);
+	assert_null(p->retry_on);
+	assert_int_equal(p->nretry_on, 0);
+	assert_null(p->permanent_on);
+	assert_int_equal(p->npermanent_on, 0);
+	assert_null(p->idempotency_header);
+	assert_null(p->secret_headers);
+	assert_int_equal(p->nsecret_headers, 0);
+	/* [route r] */
+	assert_false(cfg->routes[0]->failover_on_permanent);
+	assert_int_equal(cfg->routes[0]->group_concurrency, 0);
+	assert_true(cfg->routes[0]->group_rate == 0.0);
+	assert_null(cfg->routes[0]->hook);
+	assert_null(cfg->routes[0]->on_batch_done);
+	config_free(cfg);
+}
+
+/* The keys added for politeness, resilience, leases and hooks. */
+static void test_new_keys(void **state)
+{
+	Config *cfg;
+	Provider *p, *q;
+	Route *r, *s;
+
+	cfg = load_ok(
+		"[batchd]\n"
+		"database = x\n"
+		"heartbeat_interval = 2s\n"
+		"lease_timeout = 4s\n"             /* exactly twice: allowed */
+		"max_body_size = 1KB\n"
+		"retention = 30d\n"
+		"watchdog_db_grace = 90s\n"
+		"[provider p]\n"
+		"url = http://h/{id}\n"
+		"rate = 20/s\n"
+		"burst = 10\n"
+		"max_concurrency = 4\n"
+		"retries = 0\n"
+		"backoff = 250ms\n"
+		"backoff_max = 250ms\n"            /* equal: allowed */
+		"requeue_after = 0\n"
+		"breaker_failures = 100000\n"
+		"breaker_cooldown = 10ms\n"
+		"retry_on = 404, 409\n"
+		"permanent_on =503\n"
+		"idempotency_header = Idempotency-Key\n"
+		"secret_header = X-Api-Key\n"
+		"secret_header = x-other_Token\n"
+		"[provider q]\n"
+		"url = http://h/{id}\n"
+		"rate = 0.5/s\n"
+		"max_concurrency = 100000\n"
+		"retries = 100\n"
+		"backoff = 1h\n"
+		"backoff_max = 1d\n"
+		"requeue_after = 1d\n"
+		"breaker_cooldown = 1d\n"
+		"retry_on = 599,100\n"
+		"[route r]\n"
+		"providers = p, q\n"
+		"failover_on_permanent = yes\n"
+		"group_concurrency = 1\n"
+		"group_rate = 100/m\n"
+		"hook = batchd_hooks.on_item\n"
+		"on_batch_done = _Notify2\n"
+		"[route s]\n"
+		"providers = q\n"
+		"failover_on_permanent = off\n"
+		"group_rate = 1000/h\n"
+		"hook = public.A_1\n");
+
+	assert_int_equal(cfg->heartbeat_interval_ms, 2000);
+	assert_int_equal(cfg->lease_timeout_ms, 4000);
+	assert_int_equal(cfg->max_body_size, 1024);
+	assert_int_equal(cfg->retention_ms, 30LL * 86400 * 1000);
+	assert_int_equal(cfg->watchdog_db_grace_ms, 90000);
+
+	p = cfg->providers[0];
+	assert_true(p->rate == 20.0);
+	assert_int_equal(p->burst, 10);
+	assert_int_equal(p->max_concurrency, 4);
+	assert_int_equal(p->retries, 0);
+	assert_int_equal(p->backoff_ms, 250);
+	assert_int_equal(p->backoff_max_ms, 250);
+	assert_int_equal(p->requeue_after_ms, 0);
+	assert_int_equal(p->breaker_failures, 100000);
+	assert_int_equal(p->breaker_cooldown_ms, 10);
+	assert_int_equal(p->nretry_on, 2);
+	assert_int_equal(p->retry_on[0], 404);
+	assert_int_equal(p->retry_on[1], 409);
+	assert_int_equal(p->npermanent_on, 1);
+	assert_int_equal(p->permanent_on[0], 503);
+	assert_string_equal(p->idempotency_header, "Idempotency-Key");
+	assert_int_equal(p->nsecret_headers, 2);
+	assert_string_equal(p->secret_headers[0], "x-api-key");
+	assert_string_equal(p->secret_headers[1], "x-other_token");
+
+	q = cfg->providers[1];
+	assert_true(q->rate == 0.5);
+	assert_int_equal(q->burst, 1);
+	assert_int_equal(q->max_concurrency, 100000);
+	assert_int_equal(q->retries, 100);
+	assert_int_equal(q->backoff_ms, 3600 * 1000);
+	assert_int_equal(q->backoff_max_ms, 86400 * 1000);
+	assert_int_equal(q->requeue_after_ms, 86400 * 1000);
+	assert_int_equal(q->breaker_failures, 5);
+	assert_int_equal(q->breaker_cooldown_ms, 86400 * 1000);
+	assert_int_equal(q->nretry_on, 2);
+	assert_int_equal(q->retry_on[0], 599);
+	assert_int_equal(q->retry_on[1], 100);
+	assert_int_equal(q->npermanent_on, 0);
+	assert_null(q->idempotency_header);
+	assert_int_equal(q->nsecret_headers, 0);
+
+	r = cfg->routes[0];
+	assert_true(r->failover_on_permanent);
+	assert_int_equal(r->group_concurrency, 1);
+	assert_true(r->group_rate > 1.666 && r->group_rate < 1.667);
+	assert_string_equal(r->hook, "batchd_hooks.on_item");
+	assert_string_equal(r->on_batch_done, "_Notify2");
+	s = cfg->routes[1];
+	assert_false(s->failover_on_permanent);
+	assert_int_equal(s->group_concurrency, 0);
+	assert_true(s->group_rate > 0.2777 && s->group_rate < 0.2778);
+	assert_string_equal(s->hook, "public.A_1");
+	assert_null(s->on_batch_done);
+	config_free(cfg);
+
+	/* range edges */
+	cfg = load_ok(PROVIDER_ROUTE
+		      "[batchd]\n"
+		      "database = x\n"
+		      "heartbeat_interval = 100ms\n"
+		      "lease_timeout = 1s\n"
+		      "max_body_size = 1GB\n"
+		      "retention = 1h\n"
+		      "watchdog_db_grace = 1s\n"
+		      "[provider big]\n"
+		      "url = http://h/\n"
+		      "rate = 1000000/s\n"
+		      "burst = 100000\n"
+		      "backoff = 1ms\n"
+		      "backoff_max = 1ms\n"
+		      "breaker_failures = 1\n"
+		      "[route t]\n"
+		      "providers = big\n"
+		      "group_concurrency = 100000\n"
+		      "group_rate = 60000000/m\n"
+		      "failover_on_permanent = no\n");
+	assert_int_equal(cfg->heartbeat_interval_ms, 100);
+	assert_int_equal(cfg->lease_timeout_ms, 1000);
+	assert_int_equal(cfg->max_body_size, 1024LL * 1024 * 1024);
+	assert_int_equal(cfg->retention_ms, 3600 * 1000);
+	assert_int_equal(cfg->watchdog_db_grace_ms, 1000);
+	p = config_find_provider(cfg, "big");
+	assert_true(p->rate == 1000000.0);
+	assert_int_equal(p->burst, 100000);
+	assert_int_equal(p->backoff_ms, 1);
+	assert_int_equal(p->backoff_max_ms, 1);
+	assert_int_equal(p->breaker_failures, 1);
+	r = config_find_route(cfg, "t");
+	assert_int_equal(r->group_concurrency, 100000);
+	assert_true(r->group_rate == 1000000.0);
+	assert_false(r->failover_on_permanent);
+	config_free(cfg);
+
+	/* retention: 0 keeps forever, also written with a unit; the longest */
+	cfg = load_ok(PROVIDER_ROUTE "[batchd]\ndatabase = x\nretention = 0s\n");
+	assert_int_equal(cfg->retention_ms, 0);
+	config_free(cfg);
+	cfg = load_ok(PROVIDER_ROUTE "[batchd]\ndatabase = x\nretention = 3650d\n");
+	assert_int_equal(cfg->retention_ms, 3650LL * 86400 * 1000);
+	config_free(cfg);
+
+	/* lease check against the default heartbeat (5s): 10s is enough */
+	cfg = load_ok(PROVIDER_ROUTE "[batchd]\ndatabase = x\nlease_timeout = 10s\n");
+	assert_int_equal(cfg->lease_timeout_ms, 10000);
+	config_free(cfg);
+	/* a larger backoff with a larger backoff_max, in either order */
+	cfg = load_ok("[provider p]\nurl = http://h/\nbackoff_max = 10m\nbackoff = 2m\n"
+		      "[route r]\nproviders = p\n[batchd]\ndatabase = x\n");
+	assert_int_equal(cfg->providers[0]->backoff_ms, 120000);
+	assert_int_equal(cfg->providers[0]->backoff_max_ms, 600000);
+	config_free(cfg);
+}
+
+static void test_errors_new_batchd(void **state)
+{
+	load_err("[batchd]\nheartbeat_interval = 50ms\n", 2,
+		 "heartbeat_interval: duration '50ms' out of range (100ms to 3600000ms)");
+	load_err("[batchd]\nheartbeat_interval = 2h\n", 2,
+		 "heartbeat_interval: duration '2h' out of range (100ms to 3600000ms)");
+	load_err("[batchd]\nheartbeat_interval = often\n", 2,
+		 "heartbeat_interval: invalid duration 'often' (expected e.g. 250ms, 5s, 2m, 1h, 30d)");
+	load_err("[batchd]\nlease_timeout = 500ms\n", 2,
+		 "lease_timeout: duration '500ms' out of range (1000ms to 86400000ms)");
+	load_err("[batchd]\nlease_timeout = 2d\n", 2,
+		 "lease_timeout: duration '2d' out of range (1000ms to 86400000ms)");
+	load_err("[batchd]\nlease_timeout = 1.5s\n", 2,
+		 "lease_timeout: invalid duration '1.5s' (expected e.g. 250ms, 5s, 2m, 1h, 30d)");
+	load_err("[batchd]\nmax_body_size = 512B\n", 2,
+		 "max_body_size: size '512B' out of range (1024 to 1073741824 bytes)");
+	load_err("[batchd]\nmax_body_size = 2GB\n", 2,
+		 "max_body_size: size '2GB' out of range (1024 to 1073741824 bytes)");
+	load_err("[batchd]\nmax_body_size = huge\n", 2,
+		 "max_body_size: invalid size 'huge' (expected e.g. 512KB, 1MB, 64MB)");
+	load_err("[batchd]\nretention = 30m\n", 2,
+		 "retention: duration '30m' out of range (0 or 3600000ms to 315360000000ms)");
+	load_err("[batchd]\nretention = 3651d\n", 2,
+		 "retention: duration '3651d' out of range (0 or 3600000ms to 315360000000ms)");
+	load_err("[batchd]\nretention = forever\n", 2,
+		 "retention: invalid duration 'forever' (expected e.g. 250ms, 5s, 2m, 1h, 30d)");
+	load_err("[batchd]\nwatchdog_db_grace = 500ms\n", 2,
+		 "watchdog_db_grace: duration '500ms' out of range (1000ms to 86400000ms)");
+	load_err("[batchd]\nwatchdog_db_grace = 2d\n", 2,
+		 "watchdog_db_grace: duration '2d' out of range (1000ms to 86400000ms)");
+	load_err("[batchd]\nwatchdog_db_grace = -1s\n", 2,
+		 "watchdog_db_grace: invalid duration '-1s' (expected e.g. 250ms, 5s, 2m, 1h, 30d)");
+}
+
+static void test_errors_lease(void **state)
+{
+	/* the example from the contract; the line of lease_timeout */
+	load_err("[batchd]\ndatabase = x\nheartbeat_interval = 5s\nlease_timeout = 3s\n"
+		 "[provider p]\nurl = http://h/\n[route r]\nproviders = p\n",
+		 4, "lease_timeout (3s) must be at least twice heartbeat_interval (5s)");
+	/* lease_timeout before heartbeat_interval: still its line */
+	load_err("[batchd]\nlease_timeout = 9s\nheartbeat_interval = 5s\ndatabase = x\n",
+		 2, "lease_timeout (9s) must be at least twice heartbeat_interval (5s)");
+	/* against the default heartbeat_interval */
+	load_err(PROVIDER_ROUTE "[batchd]\nlease_timeout = 9999ms\ndatabase = x\n",
+		 6, "lease_timeout (9999ms) must be at least twice heartbeat_interval (5s)");
+	/* a default lease_timeout: the line of heartbeat_interval */
+	load_err("[batchd]\ndatabase = x\nheartbeat_interval = 20s\n" "[route r]\n",
+		 3, "lease_timeout (30s, the default) must be at least twice heartbeat_interval (20s)");
+	load_err("[batchd]\nheartbeat_interval = 1h\nlease_timeout = 119m\n",
+		 3, "lease_timeout (119m) must be at least twice heartbeat_interval (1h)");
+}
+
+static void test_errors_new_provider(void **state)
+{
+	load_err("[provider p]\nrate = 20\n", 2,
+		 "rate: invalid rate '20' (expected e.g. 20/s, 0.5/s, 100/m, 1000/h)");
+	load_err("[provider p]\nrate = 0/s\n", 2,
+		 "rate: invalid rate '0/s' (expected e.g. 20/s, 0.5/s, 100/m, 1000/h)");
+	load_err("[provider p]\nrate = 20/d\n", 2,
+		 "rate: invalid rate '20/d' (expected e.g. 20/s, 0.5/s, 100/m, 1000/h)");
+	load_err("[provider p]\nrate = -1/s\n", 2,
+		 "rate: invalid rate '-1/s' (expected e.g. 20/s, 0.5/s, 100/m, 1000/h)");
+	load_err("[provider p]\nrate = 1000001/s\n", 2,
+		 "rate: rate '1000001/s' out of range (at most 1000000/s)");
+	load_err("[provider p]\nrate = 3600000001/h\n", 2,
+		 "rate: rate '3600000001/h' out of range (at most 1000000/s)");
+	load_err("[provider p]\nburst = 0\n", 2,
+		 "burst: invalid value '0' (expected an integer from 1 to 100000)");
+	load_err("[provider p]\nburst = 100001\n", 2,
+		 "burst: invalid value '100001' (expected an integer from 1 to 100000)");
+	load_err("[provider p]\nmax_concurrency = 0\n", 2,
+		 "max_concurrency: invalid value '0' (expected an integer from 1 to 100000)");
+	load_err("[provider p]\nmax_concurrency = many\n", 2,
+		 "max_concurrency: invalid value 'many' (expected an integer from 1 to 100000)");
+	load_err("[provider p]\nretries = -1\n", 2,
+		 "retries: invalid value '-1' (expected an integer from 0 to 100)");
+	load_err("[provider p]\nretries = 101\n", 2,
+		 "retries: invalid value '101' (expected an integer from 0 to 100)");
+	load_err("[provider p]\nbackoff = 0\n", 2,
+		 "backoff: duration '0' out of range (1ms to 3600000ms)");
+	load_err("[provider p]\nbackoff = 61m\n", 2,
+		 "backoff: duration '61m' out of range (1ms to 3600000ms)");
+	load_err("[provider p]\nbackoff = 1 s\n", 2,
+		 "backoff: invalid duration '1 s' (expected e.g. 250ms, 5s, 2m, 1h, 30d)");
+	load_err("[provider p]\nbackoff_max = 0ms\n", 2,
+		 "backoff_max: duration '0ms' out of range (1ms to 86400000ms)");
+	load_err("[provider p]\nbackoff_max = 25h\n", 2,
+		 "backoff_max: duration '25h' out of range (1ms to 86400000ms)");
+	load_err("[provider p]\nrequeue_after = 2d\n", 2,
+		 "requeue_after: duration '2d' out of range (0ms to 86400000ms)");
+	load_err("[provider p]\nrequeue_after = soon\n", 2,
+		 "requeue_after: invalid duration 'soon' (expected e.g. 250ms, 5s, 2m, 1h, 30d)");
+	load_err("[provider p]\nbreaker_failures = 0\n", 2,
+		 "breaker_failures: invalid value '0' (expected an integer from 1 to 100000)");
+	load_err("[provider p]\nbreaker_failures = 100001\n", 2,
+		 "breaker_failures: invalid value '100001' (expected an integer from 1 to 100000)");
+	load_err("[provider p]\nbreaker_cooldown = 9ms\n", 2,
+		 "breaker_cooldown: duration '9ms' out of range (10ms to 86400000ms)");
+	load_err("[provider p]\nbreaker_cooldown = 2d\n", 2,
+		 "breaker_cooldown: duration '2d' out of range (10ms to 86400000ms)");
+
+	/* status code lists */
+	load_err("[provider p]\nretry_on = 404, abc\n", 2,
+		 "retry_on: invalid status code 'abc' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on = 404 409\n", 2,
+		 "retry_on: invalid status code '404 409' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on = 404,,409\n", 2,
+		 "retry_on: invalid status code '' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on = 404,\n", 2,
+		 "retry_on: invalid status code '' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on =\n", 2,
+		 "retry_on: invalid status code '' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on = 600\n", 2,
+		 "retry_on: invalid status code '600' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on = 099\n", 2,
+		 "retry_on: invalid status code '099' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on = +404\n", 2,
+		 "retry_on: invalid status code '+404' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on = 4040\n", 2,
+		 "retry_on: invalid status code '4040' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\nretry_on = 404, 409, 404\n", 2, "retry_on: 404 is listed twice");
+	load_err("[provider p]\npermanent_on = 5xx\n", 2,
+		 "permanent_on: invalid status code '5xx' (expected a comma-separated list of "
+		 "HTTP status codes from 100 to 599)");
+	load_err("[provider p]\npermanent_on = 503,503\n", 2, "permanent_on: 503 is listed twice");
+
+	/* header names */
+	load_err("[provider p]\nidempotency_header = Idempotency Key\n", 2,
+		 "idempotency_header: invalid header name 'Idempotency Key' "
+		 "(expected a token such as Idempotency-Key)");
+	load_err("[provider p]\nidempotency_header = Idempotency-Key: {id}\n", 2,
+		 "idempotency_header: invalid header name 'Idempotency-Key: {id}' "
+		 "(expected a token such as Idempotency-Key)");
+	load_err("[provider p]\nidempotency_header =\n", 2,
+		 "idempotency_header: invalid header name '' "
+		 "(expected a token such as Idempotency-Key)");
+	/* the value is not echoed: it may hold the secret itself */
+	load_err("[provider p]\nsecret_header = X-Api-Key: s3cr3t\n", 2,
+		 "secret_header: invalid header name (expected a token such as X-Api-Key)");
+	load_err("[provider p]\nsecret_header =\n", 2,
+		 "secret_header: invalid header name (expected a token such as X-Api-Key)");
+	load_err("[provider p]\nsecret_header = X-Api-Key\nsecret_header = x-api-KEY\n", 3,
+		 "secret_header: 'x-api-KEY' is listed twice");
+}
+
+static void test_errors_provider_cross(void **state)
+{
+	/* backoff_max below backoff: the line of backoff_max */
+	load_err("[provider p]\nbackoff_max = 5s\nbackoff = 10s\n", 2,
+		 "backoff_max (5s) must be at least backoff (10s)");
+	load_err("[provider p]\nbackoff = 1500ms\nbackoff_max = 1s\n[route r]\n", 3,
+		 "backoff_max (1s) must be at least backoff (1500ms)");
+	/* a default backoff_max (60s): the line of backoff */
+	load_err("[batchd]\ndatabase = x\n[provider p]\nurl = http://h/\nbackoff = 2m\n"
+		 "[route r]\nproviders = p\n",
+		 5, "backoff_max (1m, the default) must be at least backoff (2m)");
+	/* against the default backoff (1s) */
+	load_err("[provider p]\nbackoff_max = 999ms\n", 2,
+		 "backoff_max (999ms) must be at least backoff (1s)");
+
+	/* a code in both lists: the line of the list written last */
+	load_err("[provider p]\nretry_on = 404, 409\npermanent_on = 503, 409\n"
+		 "[route r]\nproviders = p\n",
+		 3, "permanent_on: 409 is also listed in retry_on");
+	load_err("[provider p]\npermanent_on = 500,502\nurl = http://h/\nretry_on = 404, 502\n",
+		 4, "retry_on: 502 is also listed in permanent_on");
+	/* each provider is checked on its own */
+	load_err(MINIMAL "[provider q]\nurl = http://h/\nretry_on = 404\n"
+		 "[provider z]\nurl = http://h/\npermanent_on = 404\nretry_on = 404\n",
+		 13, "retry_on: 404 is also listed in permanent_on");
+}
+
+static void test_errors_new_route(void **state)
+{
+	Config *cfg;
+
+	load_err("[route r]\nfailover_on_permanent = maybe\n", 2,
+		 "failover_on_permanent: invalid value 'maybe' (expected yes or no)");
+	load_err("[route r]\nfailover_on_permanent =\n", 2,
+		 "failover_on_permanent: invalid value '' (expected yes or no)");
+	load_err("[route r]\ngroup_concurrency = 0\n", 2,
+		 "group_concurrency: invalid value '0' (expected an integer from 1 to 100000)");
+	load_err("[route r]\ngroup_concurrency = 100001\n", 2,
+		 "group_concurrency: invalid value '100001' (expected an integer from 1 to 100000)");
+	load_err("[route r]\ngroup_rate = fast\n", 2,
+		 "group_rate: invalid rate 'fast' (expected e.g. 20/s, 0.5/s, 100/m, 1000/h)");
+	load_err("[route r]\ngroup_rate = 2000000/s\n", 2,
+		 "group_rate: rate '2000000/s' out of range (at most 1000000/s)");
+
+	/* function names are quoted into SQL: only identifiers pass */
+#define BAD_FN(key, v) \
+	load_err("[route r]\n" key " = " v "\n", 2, \
+		 key ": invalid function name '" v "' (expected function or schema.function; " \
+		 "letters, digits and '_', not starting with a digit)")
+	BAD_FN("hook", "x;drop table batchd.items");
+	BAD_FN("hook", "f()");
+	BAD_FN("hook", "1abc");
+	BAD_FN("hook", "s.1abc");
+	BAD_FN("hook", "a.b.c");
+	BAD_FN("hook", "a.");
+	BAD_FN("hook", ".a");
+	BAD_FN("hook", "a..b");
+	BAD_FN("hook", "a b");
+	BAD_FN("hook", "\"Hook\"");
+	BAD_FN("hook", "a-b");
+	BAD_FN("hook", "caf\xc3\xa9");
+	BAD_FN("hook", "");
+	BAD_FN("on_batch_done", "notify'");
+	BAD_FN("on_batch_done", "s.f$1");
+	BAD_FN("on_batch_done", "");
+#undef BAD_FN
+	/* PostgreSQL would truncate a name over 63 bytes */
+	load_err("[route r]\nhook = s.f234567890123456789012345678901234567890123456789012345678901234\n",
+		 2, "hook: name 'f234567890123456789012345678901234567890123456789012345678901234' "
+		 "is too long (at most 63 characters)");
+	load_err("[route r]\non_batch_done = s234567890123456789012345678901234567890123456789012345678901234.f\n",
+		 2, "on_batch_done: name 's234567890123456789012345678901234567890123456789012345678901234' "
+		 "is too long (at most 63 characters)");
+	cfg = load_ok(MINIMAL
+		      "hook = s23456789012345678901234567890123456789012345678901234567890123."
+		      "f23456789012345678901234567890123456789012345678901234567890123\n");
+	assert_int_equal(strlen(cfg->routes[0]->hook), 63 + 1 + 63);
 	config_free(cfg);
 }
 
@@ -351,8 +792,8 @@ static void test_database_env(void **state)
 static void test_errors_keys(void **state)
 {
 	load_err("[batchd]\ndatabase = x\nbogus = 1\n", 3, "unknown key 'bogus' in [batchd]");
-	load_err("[batchd]\ndatabase = x\n[provider p]\nurl = http://h/\nrate = 20/s\n",
-		 5, "unknown key 'rate' in [provider p]");
+	load_err("[batchd]\ndatabase = x\n[provider p]\nurl = http://h/\nretry = 3\n",
+		 5, "unknown key 'retry' in [provider p]");
 	load_err("[route r]\nprovider = p\n", 2, "unknown key 'provider' in [route r]");
 	load_err("database = x\n[batchd]\n", 1, "key 'database' outside of any section");
 	load_err("[batchd]\ndatabase = x\ndatabase = y\n", 3,
@@ -483,6 +924,12 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup(test_full, setup),
 		cmocka_unit_test_setup(test_defaults, setup),
+		cmocka_unit_test_setup(test_new_keys, setup),
+		cmocka_unit_test_setup(test_errors_new_batchd, setup),
+		cmocka_unit_test_setup(test_errors_lease, setup),
+		cmocka_unit_test_setup(test_errors_new_provider, setup),
+		cmocka_unit_test_setup(test_errors_provider_cross, setup),
+		cmocka_unit_test_setup(test_errors_new_route, setup),
 		cmocka_unit_test_setup(test_syntax_variants, setup),
 		cmocka_unit_test_setup(test_long_section_name, setup),
 		cmocka_unit_test_setup(test_semicolons, setup),

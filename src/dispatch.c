@@ -1,0 +1,741 @@
+/*
+ * dispatch.c - send each claimed item to a provider, politely and robustly.
+ *
+ * For an item on route R with providers p0, p1, ... the dispatcher
+ *   1. takes the item's current provider (p0 at first); if its breaker does
+ *      not admit (OPEN, or HALF_OPEN with the probe out) it fails over to the
+ *      next provider whose breaker admits; when none does, the item goes
+ *      back to the queue with run_after at the earliest half-open time and
+ *      no attempt spent;
+ *   2. waits in that provider's FIFO while the provider is paused by a
+ *      Retry-After, at its max_concurrency, or out of tokens (one timer per
+ *      provider, set to the exact time a token or the pause ends);
+ *   3. starts the transfer.
+ * When a transfer ends the outcome decides: success records the item;
+ * a transient failure is retried on the same provider after a jittered
+ * exponential backoff (a long wait requeues the item in the database
+ * instead of holding it), and once the provider's retries are spent the
+ * item fails over to the next provider or fails; a permanent failure fails
+ * the item, or fails over with failover_on_permanent.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "batchd/engine_int.h"
+#include "batchd/json.h"
+#include "batchd/log.h"
+#include "batchd/tmpl.h"
+
+const double lat_bucket_le[LAT_BUCKETS] = {
+	0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+};
+
+#define RETRY_AFTER_MAX_MS (3600 * 1000LL)
+
+static void ps_wake(ProvState *ps);
+static void job_outcome(Engine *e, Job *j, enum Outcome out, long status, const char *error);
+
+/* ------------------------------------------------------------- utilities */
+
+static void arm_us(struct event *ev, int64_t us)
+{
+	struct timeval tv;
+	if (us < 0)
+		us = 0;
+	tv.tv_sec = (time_t)(us / 1000000);
+	tv.tv_usec = (suseconds_t)(us % 1000000);
+	evtimer_add(ev, &tv);
+}
+
+static void set_last_error(Job *j, const char *err, long status)
+{
+	free(j->last_error);
+	j->last_error = err ? xstrdup(err) : NULL;
+	j->last_status = status;
+}
+
+/* Count a request in the one-second ring used for status "recent rate". */
+static void sec_count(ProvState *ps, bool error)
+{
+	int64_t sec = now_monotonic_us() / 1000000;
+	int slot = (int)(sec % 60);
+	if (ps->sec_stamp[slot] != sec) {
+		ps->sec_stamp[slot] = sec;
+		ps->sec_req[slot] = 0;
+		ps->sec_err[slot] = 0;
+	}
+	ps->sec_req[slot]++;
+	if (error)
+		ps->sec_err[slot]++;
+}
+
+/* ---------------------------------------------------------- provider state */
+
+static void breaker_changed(Breaker *br, enum BreakerState from, enum BreakerState to,
+			    const char *reason, void *arg)
+{
+	ProvState *ps = arg;
+
+	log_warn("provider %s: circuit breaker %s -> %s (%s)", ps->name, br_state_name(from),
+		 br_state_name(to), reason);
+	if (to == BR_OPEN) {
+		evtimer_del(ps->br_timer);
+		arm_us(ps->br_timer, br_half_open_at(br) - now_monotonic_us());
+		/* items waiting here move on to the next provider now */
+		ps_wake(ps);
+	}
+}
+
+static void br_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	ProvState *ps = arg;
+	if (br_tick(&ps->br, now_monotonic_us()))
+		ps_wake(ps);
+}
+
+static void wake_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	ps_wake(arg);
+}
+
+static double effective_rate(const ProvState *ps)
+{
+	return ps->cfg->rate * ps->share;
+}
+
+static ProvState *ps_new(Engine *e, Provider *p)
+{
+	ProvState *ps = xcalloc(1, sizeof(*ps));
+	int64_t now = now_monotonic_us();
+
+	ps->e = e;
+	ps->name = xstrdup(p->name);
+	ps->cfg = p;
+	ps->share = 1.0;
+	tb_init(&ps->tb, effective_rate(ps), p->burst, now);
+	br_init(&ps->br, p->breaker_failures, p->breaker_cooldown_ms * 1000, breaker_changed, ps);
+	ps->wake_timer = evtimer_new(e->bd->base, wake_timer_cb, ps);
+	ps->br_timer = evtimer_new(e->bd->base, br_timer_cb, ps);
+	return ps;
+}
+
+static void ps_free(ProvState *ps)
+{
+	event_free(ps->wake_timer);
+	event_free(ps->br_timer);
+	free(ps->name);
+	free(ps);
+}
+
+void dispatch_init(Engine *e)
+{
+	e->nprovs = e->cfg->nproviders;
+	e->provs = xcalloc((size_t)e->nprovs + 1, sizeof(ProvState *));
+	for (int i = 0; i < e->nprovs; i++)
+		e->provs[i] = ps_new(e, e->cfg->providers[i]);
+	e->route_stats = xcalloc((size_t)e->cfg->nroutes + 1, sizeof(RouteStats));
+}
+
+void dispatch_free(Engine *e)
+{
+	for (int i = 0; i < e->nprovs; i++)
+		ps_free(e->provs[i]);
+	free(e->provs);
+	free(e->route_stats);
+	e->provs = NULL;
+	e->nprovs = 0;
+}
+
+ProvState *dispatch_find(Engine *e, const char *name)
+{
+	for (int i = 0; i < e->nprovs; i++)
+		if (strcmp(e->provs[i]->name, name) == 0)
+			return e->provs[i];
+	return NULL;
+}
+
+static ProvState *route_ps(Engine *e, const Route *r, int idx)
+{
+	return dispatch_find(e, r->providers[idx]->name);
+}
+
+static void q_push(ProvState *ps, Job *j)
+{
+	j->qnext = NULL;
+	if (ps->qtail)
+		ps->qtail->qnext = j;
+	else
+		ps->qhead = j;
+	ps->qtail = j;
+	ps->nqueued++;
+	j->state = JOB_QUEUED;
+	j->ps = ps;
+	j->queued_mono = now_monotonic_us();
+}
+
+static Job *q_pop(ProvState *ps)
+{
+	Job *j = ps->qhead;
+	if (!j)
+		return NULL;
+	ps->qhead = j->qnext;
+	if (!ps->qhead)
+		ps->qtail = NULL;
+	j->qnext = NULL;
+	ps->nqueued--;
+	ps->wait_seconds += (double)(now_monotonic_us() - j->queued_mono) / 1e6;
+	return j;
+}
+
+/* Remove a specific job from its provider queue (abort path). */
+static void q_remove(ProvState *ps, Job *j)
+{
+	Job **pp = &ps->qhead;
+	Job *prev = NULL;
+	while (*pp && *pp != j) {
+		prev = *pp;
+		pp = &(*pp)->qnext;
+	}
+	if (!*pp)
+		return;
+	*pp = j->qnext;
+	if (ps->qtail == j)
+		ps->qtail = prev;
+	j->qnext = NULL;
+	ps->nqueued--;
+}
+
+/*
+ * Can a request to ps start now?  When not, *wait_us says when to look
+ * again (-1: when a running transfer ends).  Takes the token on yes.
+ */
+static bool ps_can_start(ProvState *ps, int64_t now, int64_t *wait_us)
+{
+	const Provider *p = ps->cfg;
+
+	if (ps->paused_until > now) {
+		*wait_us = ps->paused_until - now;
+		return false;
+	}
+	if (p->max_concurrency > 0 && ps->inflight >= p->max_concurrency) {
+		*wait_us = -1;
+		return false;
+	}
+	if (!tb_take(&ps->tb, now)) {
+		*wait_us = tb_wait_us(&ps->tb, now);
+		if (*wait_us < 1)
+			*wait_us = 1;
+		return false;
+	}
+	return true;
+}
+
+/* ---------------------------------------------------------------- transfers */
+
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+	Job *j = ud;
+	size_t n = size * nmemb;
+
+	if ((int64_t)(j->resp.len + n) > j->max_size) {
+		j->too_big = true;
+		return 0;  /* CURLE_WRITE_ERROR */
+	}
+	sb_append(&j->resp, ptr, n);
+	return n;
+}
+
+static size_t on_header(char *buf, size_t size, size_t nitems, void *ud)
+{
+	Job *j = ud;
+	size_t n = size * nitems;
+	static const char name[] = "retry-after:";
+
+	if (n > sizeof(name) - 1 && strncasecmp(buf, name, sizeof(name) - 1) == 0) {
+		size_t off = sizeof(name) - 1, len;
+		while (off < n && (buf[off] == ' ' || buf[off] == '\t'))
+			off++;
+		len = n - off;
+		while (len > 0 && (buf[off + len - 1] == '\r' || buf[off + len - 1] == '\n' ||
+				   buf[off + len - 1] == ' '))
+			len--;
+		if (len >= sizeof(j->retry_after))
+			len = sizeof(j->retry_after) - 1;
+		memcpy(j->retry_after, buf + off, len);
+		j->retry_after[len] = '\0';
+	}
+	return n;
+}
+
+static bool has_header(const Provider *p, const char *name)
+{
+	size_t n = strlen(name);
+	for (int i = 0; i < p->nheaders; i++)
+		if (strncasecmp(p->headers[i], name, n) == 0 && p->headers[i][n] == ':')
+			return true;
+	return false;
+}
+
+void dispatch_job_release(Engine *e, Job *j)
+{
+	if (j->easy) {
+		http_easy_release(e->http, j->easy);
+		j->easy = NULL;
+	}
+	curl_slist_free_all(j->headers);
+	j->headers = NULL;
+	sb_reset(&j->url);
+	sb_reset(&j->body);
+	sb_reset(&j->resp);
+	j->too_big = false;
+	j->retry_after[0] = '\0';
+	j->errbuf[0] = '\0';
+}
+
+static int job_prepare(Engine *e, Job *j, const Provider *p, char *err, size_t errlen)
+{
+	CURL *c;
+
+	dispatch_job_release(e, j);
+	if (tmpl_render(p->url, j->payload, TMPL_URL, &j->url, err, errlen) < 0)
+		return -1;
+	for (int i = 0; i < p->nheaders; i++) {
+		StrBuf h;
+		sb_init(&h);
+		if (tmpl_render(p->headers[i], j->payload, TMPL_HEADER, &h, err, errlen) < 0) {
+			sb_free(&h);
+			return -1;
+		}
+		j->headers = curl_slist_append(j->headers, h.data);
+		sb_free(&h);
+	}
+	if (p->idempotency_header) {
+		/* stable for the item across tries, providers and workers */
+		char h[256];
+		snprintf(h, sizeof(h), "%s: %s-%lld", p->idempotency_header, j->batch_id,
+			 (long long)j->id);
+		j->headers = curl_slist_append(j->headers, h);
+	}
+	if (p->body) {
+		if (tmpl_render(p->body, j->payload, TMPL_JSON, &j->body, err, errlen) < 0)
+			return -1;
+	} else if (strcmp(p->method, "GET") != 0 && strcmp(p->method, "DELETE") != 0) {
+		sb_puts(&j->body, j->payload_text);
+	}
+	if (j->body.len > 0 && !has_header(p, "Content-Type"))
+		j->headers = curl_slist_append(j->headers, "Content-Type: application/json");
+	/* no "Expect: 100-continue" round trip on larger bodies */
+	j->headers = curl_slist_append(j->headers, "Expect:");
+
+	c = j->easy = http_easy_get(e->http);
+	curl_easy_setopt(c, CURLOPT_URL, j->url.data);
+	curl_easy_setopt(c, CURLOPT_PRIVATE, j);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, j->errbuf);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, j);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, j);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)p->timeout_ms);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)p->connect_timeout_ms);
+	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)p->max_response_size);
+	curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "batchd/" PACKAGE_VERSION);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, j->headers);
+	if (strcmp(p->method, "GET") == 0) {
+		curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+	} else {
+		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, p->method);
+		if (j->body.len > 0 || strcmp(p->method, "DELETE") != 0) {
+			curl_easy_setopt(c, CURLOPT_POSTFIELDS, j->body.data ? j->body.data : "");
+			curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)j->body.len);
+		}
+	}
+	j->max_size = p->max_response_size;
+	return 0;
+}
+
+/* Start the transfer for j on ps (a token has been taken). */
+static void ps_start(ProvState *ps, Job *j)
+{
+	Engine *e = ps->e;
+	char err[512];
+
+	j->ps = ps;
+	j->tries++;
+	j->tries_by[j->pidx]++;
+	if (job_prepare(e, j, ps->cfg, err, sizeof(err)) < 0) {
+		/* the request cannot even be built from this payload */
+		job_outcome(e, j, OUT_PERMANENT, 0, err);
+		return;
+	}
+	if (!j->started_us)
+		j->started_us = now_realtime_us();
+	j->try_started_mono = now_monotonic_us();
+	br_on_start(&ps->br);
+	if (http_start(e->http, j->easy) < 0) {
+		br_on_abort(&ps->br);
+		job_outcome(e, j, OUT_TRANSIENT, 0, "could not start the transfer");
+		return;
+	}
+	j->state = JOB_RUNNING;
+	ps->inflight++;
+	e->ntransfers++;
+	ps->requests++;
+	log_debug("item %lld -> %s (try %d): %s %s", (long long)j->id, ps->name, j->tries,
+		  ps->cfg->method, j->url.data);
+}
+
+/* Let waiting jobs go as far as the provider allows. */
+static void ps_wake(ProvState *ps)
+{
+	int64_t now = now_monotonic_us();
+	int64_t wait;
+
+	evtimer_del(ps->wake_timer);
+	while (ps->qhead) {
+		if (!br_admits(&ps->br)) {
+			/* breaker open (or probe out): everybody here moves on */
+			Job *j = q_pop(ps);
+			dispatch_route(ps->e, j);
+			continue;
+		}
+		if (!ps_can_start(ps, now, &wait)) {
+			if (wait >= 0)
+				arm_us(ps->wake_timer, wait);
+			return;
+		}
+		ps_start(ps, q_pop(ps));
+	}
+}
+
+/* ----------------------------------------------------------------- routing */
+
+/*
+ * Route j to a provider: the current one if its breaker admits, else the
+ * next that does; none -> back to the queue until the earliest half-open.
+ */
+void dispatch_route(Engine *e, Job *j)
+{
+	const Route *r = j->route;
+	int64_t now = now_monotonic_us();
+	int64_t wait;
+	ProvState *ps = NULL;
+	int k;
+
+	if (e->stop != STOP_NONE) {
+		/* stopping: start nothing new; deregister puts the item back */
+		engine_job_done(e, j);
+		return;
+	}
+	for (k = j->pidx; k < r->nproviders; k++) {
+		ProvState *cand = route_ps(e, r, k);
+		if (br_admits(&cand->br)) {
+			ps = cand;
+			break;
+		}
+	}
+	if (!ps) {
+		int64_t earliest = INT64_MAX;
+		char why[256];
+		for (k = j->pidx; k < r->nproviders; k++) {
+			ProvState *cand = route_ps(e, r, k);
+			int64_t at = cand->br.state == BR_OPEN ? br_half_open_at(&cand->br) :
+				now + cand->cfg->breaker_cooldown_ms * 1000;
+			if (at < earliest)
+				earliest = at;
+		}
+		snprintf(why, sizeof(why), "every provider of route %s has its circuit breaker open",
+			 r->name);
+		/* no attempt spent: the item never reached a provider */
+		engine_defer(e, j, (earliest - now) / 1000 + 1, why);
+		return;
+	}
+	if (k != j->pidx) {
+		log_info("item %lld: failing over from %s to %s (breaker)", (long long)j->id,
+			 r->providers[j->pidx]->name, ps->name);
+		route_ps(e, r, j->pidx)->failovers_from++;
+		j->pidx = k;
+		j->tries = 0;
+	}
+	/* FIFO: nobody overtakes jobs already waiting for this provider */
+	if (!ps->qhead && ps_can_start(ps, now, &wait)) {
+		ps_start(ps, j);
+		return;
+	}
+	q_push(ps, j);
+	if (ps->qhead == j)
+		ps_wake(ps);   /* arms the timer for the token or the pause */
+}
+
+/* ----------------------------------------------------------------- outcomes */
+
+static bool code_in(const int *codes, int n, long status)
+{
+	for (int i = 0; i < n; i++)
+		if (codes[i] == status)
+			return true;
+	return false;
+}
+
+static enum Outcome classify_status(const Provider *p, long status)
+{
+	if (code_in(p->permanent_on, p->npermanent_on, status))
+		return OUT_PERMANENT;
+	if (code_in(p->retry_on, p->nretry_on, status))
+		return OUT_TRANSIENT;
+	if (status >= 200 && status < 300)
+		return OUT_SUCCESS;
+	if (status >= 500 || status == 408 || status == 429)
+		return OUT_TRANSIENT;
+	return OUT_PERMANENT;
+}
+
+/* Retry-After: delta-seconds or an HTTP date; ms from now, -1 if none. */
+static int64_t parse_retry_after(const char *v)
+{
+	char *end;
+	long long secs;
+	time_t t;
+
+	if (!v || !*v)
+		return -1;
+	secs = strtoll(v, &end, 10);
+	if (end != v && *end == '\0') {
+		if (secs < 0)
+			return -1;
+		return secs * 1000 > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS : secs * 1000;
+	}
+	t = curl_getdate(v, NULL);
+	if (t < 0)
+		return -1;
+	secs = (long long)t - (long long)(now_realtime_us() / 1000000);
+	if (secs <= 0)
+		return 0;
+	return secs * 1000 > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS : secs * 1000;
+}
+
+/* Full jitter: random(0, min(backoff_max, backoff * 2^(n-1))). */
+static int64_t backoff_ms(const Provider *p, int n)
+{
+	double cap = (double)p->backoff_ms * pow(2.0, n > 1 ? n - 1 : 0);
+	if (cap > (double)p->backoff_max_ms)
+		cap = (double)p->backoff_max_ms;
+	return (int64_t)((double)random() / ((double)RAND_MAX + 1.0) * cap);
+}
+
+static void retry_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Job *j = arg;
+	j->state = JOB_NEW;
+	dispatch_route(j->e, j);
+}
+
+static void job_retry_later(Engine *e, Job *j, int64_t delay_ms)
+{
+	if (e->stop != STOP_NONE) {
+		engine_job_done(e, j);  /* released by deregister, attempt refunded */
+		return;
+	}
+	if (delay_ms > j->ps->cfg->requeue_after_ms) {
+		char why[600];
+		snprintf(why, sizeof(why), "waiting %lld ms to retry: %s", (long long)delay_ms,
+			 j->last_error ? j->last_error : "transient failure");
+		engine_defer(e, j, delay_ms, why);
+		return;
+	}
+	if (!j->retry_timer)
+		j->retry_timer = evtimer_new(e->bd->base, retry_timer_cb, j);
+	j->state = JOB_BACKOFF;
+	arm_us(j->retry_timer, delay_ms * 1000);
+}
+
+/* The current provider is done with j (retries spent or permanent). */
+static bool job_failover(Engine *e, Job *j, const char *why)
+{
+	if (j->pidx + 1 >= j->route->nproviders)
+		return false;
+	log_info("item %lld: failing over from %s to %s (%s)", (long long)j->id,
+		 j->route->providers[j->pidx]->name, j->route->providers[j->pidx + 1]->name, why);
+	route_ps(e, j->route, j->pidx)->failovers_from++;
+	j->pidx++;
+	j->tries = 0;
+	j->state = JOB_NEW;
+	dispatch_route(e, j);
+	return true;
+}
+
+static void job_outcome(Engine *e, Job *j, enum Outcome out, long status, const char *error)
+{
+	const Provider *p = j->ps->cfg;
+	int64_t ra_ms = -1;
+
+	set_last_error(j, error, status);
+	switch (out) {
+	case OUT_SUCCESS:
+		engine_record(e, j, "succeeded", status, j->resp.data, j->resp.len, NULL);
+		engine_job_done(e, j);
+		return;
+	case OUT_PERMANENT:
+		if (j->route->failover_on_permanent && job_failover(e, j, "permanent error"))
+			return;
+		engine_record(e, j, "failed", status, j->resp.data, j->resp.len, error);
+		engine_job_done(e, j);
+		return;
+	case OUT_TRANSIENT:
+		break;
+	}
+	if (status == 429 || status == 503) {
+		ra_ms = parse_retry_after(j->retry_after);
+		if (ra_ms > 0) {
+			int64_t until = now_monotonic_us() + ra_ms * 1000;
+			if (until > j->ps->paused_until) {
+				j->ps->paused_until = until;
+				log_warn("provider %s: paused for %lld ms (Retry-After: %s)",
+					 j->ps->name, (long long)ra_ms, j->retry_after);
+			}
+		}
+	}
+	if (j->tries <= p->retries) {
+		int64_t d = backoff_ms(p, j->tries);
+		if (ra_ms > d)
+			d = ra_ms;
+		j->ps->retries++;
+		log_debug("item %lld: transient failure on %s (try %d of %d), retry in %lld ms: %s",
+			  (long long)j->id, j->ps->name, j->tries, p->retries + 1, (long long)d,
+			  error ? error : "");
+		dispatch_job_release(e, j);
+		job_retry_later(e, j, d);
+		return;
+	}
+	if (job_failover(e, j, "retries spent"))
+		return;
+	engine_record(e, j, "failed", status, j->resp.data, j->resp.len, error);
+	engine_job_done(e, j);
+}
+
+/* One line of the body for an error text: printable ASCII, at most n bytes. */
+static void body_snippet(const char *body, size_t len, char *out, size_t n)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < len && o + 1 < n; i++) {
+		unsigned char c = (unsigned char)body[i];
+		out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
+	}
+	out[o] = '\0';
+}
+
+static void observe_latency(ProvState *ps, double secs)
+{
+	ps->lat_count++;
+	ps->lat_sum += secs;
+	for (int i = 0; i < LAT_BUCKETS; i++)
+		if (secs <= lat_bucket_le[i])
+			ps->lat_buckets[i]++;
+}
+
+void dispatch_transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
+{
+	Engine *e = arg;
+	Job *j = priv;
+	ProvState *ps = j->ps;
+	long status = 0;
+	char err[768];
+	enum Outcome out;
+
+	ps->inflight--;
+	e->ntransfers--;
+	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+	observe_latency(ps, (double)(now_monotonic_us() - j->try_started_mono) / 1e6);
+	ps->by_code[code == CURLE_OK && status > 0 && status < 600 ? status : 0]++;
+
+	if (code == CURLE_OK) {
+		out = classify_status(ps->cfg, status);
+		if (out == OUT_SUCCESS) {
+			err[0] = '\0';
+		} else {
+			char snip[201];
+			body_snippet(j->resp.data ? j->resp.data : "", j->resp.len, snip, sizeof(snip));
+			if (status >= 300 && status < 400)
+				snprintf(err, sizeof(err), "HTTP %ld from %s: redirects are not followed",
+					 status, ps->name);
+			else if (snip[0])
+				snprintf(err, sizeof(err), "HTTP %ld from %s: %s", status, ps->name, snip);
+			else
+				snprintf(err, sizeof(err), "HTTP %ld from %s", status, ps->name);
+		}
+	} else if (j->too_big || code == CURLE_FILESIZE_EXCEEDED) {
+		out = OUT_PERMANENT;
+		snprintf(err, sizeof(err), "response larger than max_response_size (%lld bytes) from %s",
+			 (long long)j->max_size, ps->name);
+		sb_reset(&j->resp);   /* a partial body is not a result */
+		status = 0;
+	} else {
+		const char *detail = j->errbuf[0] ? j->errbuf : curl_easy_strerror(code);
+		out = OUT_TRANSIENT;
+		if (code == CURLE_OPERATION_TIMEDOUT)
+			snprintf(err, sizeof(err), "timeout after %lld ms calling %s: %s",
+				 (long long)ps->cfg->timeout_ms, ps->name, detail);
+		else
+			snprintf(err, sizeof(err), "request to %s failed: %s", ps->name, detail);
+		sb_reset(&j->resp);
+		status = 0;
+	}
+	sec_count(ps, out != OUT_SUCCESS);
+
+	/* breaker bookkeeping: a permanent error still proves the provider is up */
+	if (out == OUT_TRANSIENT)
+		br_on_failure(&ps->br, now_monotonic_us(), err);
+	else
+		br_on_success(&ps->br, now_monotonic_us());
+
+	job_outcome(e, j, out, status, out == OUT_SUCCESS ? NULL : err);
+	/* a slot is free on ps */
+	ps_wake(ps);
+	engine_after_event(e);
+}
+
+/* Stop: drop every job that is not transferring (deregister releases them). */
+void dispatch_drop_waiting(Engine *e)
+{
+	Job *j = e->jobs;
+	while (j) {
+		Job *next = j->next;
+		if (j->state == JOB_QUEUED) {
+			q_remove(j->ps, j);
+			engine_job_done(e, j);
+		} else if (j->state != JOB_RUNNING) {
+			engine_job_done(e, j);
+		}
+		j = next;
+	}
+}
+
+/* Stop now: drop every job where it stands (deregister releases the items). */
+void dispatch_abort_all(Engine *e)
+{
+	while (e->jobs) {
+		Job *j = e->jobs;
+		switch (j->state) {
+		case JOB_RUNNING:
+			http_abort(e->http, j->easy);
+			j->ps->inflight--;
+			e->ntransfers--;
+			br_on_abort(&j->ps->br);
+			break;
+		case JOB_QUEUED:
+			q_remove(j->ps, j);
+			break;
+		case JOB_BACKOFF:
+		case JOB_NEW:
+			break;
+		}
+		engine_job_done(e, j);
+	}
+}
