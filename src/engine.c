@@ -13,6 +13,7 @@
  * the graceful stop simple: flush, then deregister (which releases whatever
  * is still running under our worker id).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,8 @@
 #define STOP_DB_GRACE_MS 10000
 
 static void engine_maybe_claim(Engine *e);
+static void array_text(StrBuf *sb, const char *v);
+static void wake(Engine *e);
 static void engine_maybe_flush(Engine *e, bool force);
 static void stop_progress(Engine *e);
 
@@ -533,9 +536,54 @@ static void setup_listen_done(PGresult *res, void *arg)
 	wake(e);
 }
 
+/* Items this process holds: jobs, and completions not yet recorded. */
+static char *held_ids_param(Engine *e)
+{
+	StrBuf sb;
+	bool first = true;
+
+	sb_init(&sb);
+	sb_putc(&sb, '{');
+	for (Job *j = e->jobs; j; j = j->next) {
+		sb_printf(&sb, "%s%lld", first ? "" : ",", (long long)j->id);
+		first = false;
+	}
+	for (int l = 0; l < 2; l++) {
+		RecList *rl = l ? &e->flushing : &e->pending;
+		for (int i = 0; i < rl->n; i++) {
+			/* every record starts with {"id":N */
+			long long id = strtoll(rl->v[i] + 6, NULL, 10);
+			sb_printf(&sb, "%s%lld", first ? "" : ",", id);
+			first = false;
+		}
+	}
+	sb_putc(&sb, '}');
+	return sb_steal(&sb);
+}
+
+static void setup_reconcile_done(PGresult *res, void *arg)
+{
+	Engine *e = arg;
+	if (!res)
+		return;
+	if (!db_result_ok(res)) {
+		log_error("reconciling leases failed: %s", db_result_error(res));
+	} else if (atoi(PQgetvalue(res, 0, 0)) > 0) {
+		/* claims whose answer was lost with the connection */
+		log_warn("released %s item(s) claimed under our id that this process does not "
+			 "hold", PQgetvalue(res, 0, 0));
+	}
+	if (db_query(e->db, "LISTEN batchd_work", 0, NULL, setup_listen_done, e) < 0)
+		return;
+}
+
 static void setup_register_done(PGresult *res, void *arg)
 {
 	Engine *e = arg;
+	const char *params[2];
+	char *held;
+	int rc;
+
 	if (!res)
 		return;
 	if (!db_result_ok(res)) {
@@ -544,16 +592,49 @@ static void setup_register_done(PGresult *res, void *arg)
 		fail_startup(e, msg);
 		return;
 	}
-	if (db_query(e->db, "LISTEN batchd_work", 0, NULL, setup_listen_done, e) < 0)
-		return;
+	/*
+	 * A claim committed just before a connection loss leaves items running
+	 * under our id that we never heard of; our heartbeat would keep them
+	 * leased forever.  Put them back (no attempt spent).
+	 */
+	held = held_ids_param(e);
+	params[0] = e->bd->worker_id;
+	params[1] = held;
+	rc = db_query(e->db, "SELECT batchd.release_unheld($1::uuid, $2::bigint[])", 2, params,
+		      setup_reconcile_done, e);
+	free(held);
+	(void)rc;
+}
+
+/* register_worker: also the providers we call, for the fleet's rate shares */
+static int send_register(Engine *e, db_result_cb cb)
+{
+	char pid[16];
+	const char *params[5];
+	StrBuf pv;
+	int rc;
+
+	sb_init(&pv);
+	sb_putc(&pv, '{');
+	for (int i = 0; i < e->nprovs; i++)
+		array_text(&pv, e->provs[i]->name);
+	sb_putc(&pv, '}');
+	snprintf(pid, sizeof(pid), "%d", (int)getpid());
+	params[0] = e->bd->worker_id;
+	params[1] = e->bd->hostname;
+	params[2] = pid;
+	params[3] = PACKAGE_VERSION;
+	params[4] = pv.data;
+	rc = db_query(e->db, "SELECT batchd.register_worker($1::uuid, $2, $3::int, $4, $5::text[])",
+		      5, params, cb, e);
+	sb_free(&pv);
+	return rc;
 }
 
 static void setup_version_done(PGresult *res, void *arg)
 {
 	Engine *e = arg;
 	char msg[600];
-	char pid[16];
-	const char *params[4];
 	int have, want = migrate_latest_version();
 
 	if (!res)
@@ -577,13 +658,7 @@ static void setup_version_done(PGresult *res, void *arg)
 		fail_startup(e, msg);
 		return;
 	}
-	snprintf(pid, sizeof(pid), "%d", (int)getpid());
-	params[0] = e->bd->worker_id;
-	params[1] = e->bd->hostname;
-	params[2] = pid;
-	params[3] = PACKAGE_VERSION;
-	if (db_query(e->db, "SELECT batchd.register_worker($1::uuid, $2, $3::int, $4)",
-		     4, params, setup_register_done, e) < 0)
+	if (send_register(e, setup_register_done) < 0)
 		return;
 }
 
@@ -608,41 +683,112 @@ static void on_disconnect(Db *db, void *arg)
 
 /* --------------------------------------------------------------- heartbeat */
 
+/*
+ * Heartbeat answer: whether our row still exists, and for each provider the
+ * number of live workers calling it.  Each process takes rate / workers of a
+ * provider's rate (and its share of the burst), so a fleet together never
+ * exceeds the configured rate; shares follow workers joining and leaving.
+ */
 static void heartbeat_done(PGresult *res, void *arg)
 {
 	Engine *e = arg;
-	if (!res || !db_result_ok(res))
+	yajl_val shares;
+
+	if (!res || !db_result_ok(res) || PQntuples(res) != 1)
 		return;
-	if (strcmp(PQgetvalue(res, 0, 0), "f") == 0 && e->stop == STOP_NONE) {
-		/* our row is gone (another worker reaped us): register again */
-		char pid[16];
-		const char *params[4];
-		log_warn("worker row missing at heartbeat: registering again");
-		snprintf(pid, sizeof(pid), "%d", (int)getpid());
-		params[0] = e->bd->worker_id;
-		params[1] = e->bd->hostname;
-		params[2] = pid;
-		params[3] = PACKAGE_VERSION;
-		if (db_query(e->db, "SELECT batchd.register_worker($1::uuid, $2, $3::int, $4)",
-			     4, params, NULL, NULL) < 0)
-			return;
+	if (strcmp(PQgetvalue(res, 0, 0), "f") == 0) {
+		if (e->stop == STOP_NONE) {
+			/* our row is gone (reaped while we were away): register again;
+			 * our items were requeued and our late completions are fenced */
+			log_warn("worker row missing at heartbeat: registering again");
+			if (send_register(e, NULL) < 0)
+				return;
+		}
+		return;
 	}
+	shares = yajl_tree_parse(PQgetvalue(res, 0, 1), NULL, 0);
+	for (int i = 0; i < e->nprovs; i++) {
+		ProvState *ps = e->provs[i];
+		yajl_val n = shares ? json_get_path(shares, ps->name) : NULL;
+		double workers = n && YAJL_IS_NUMBER(n) ? YAJL_GET_DOUBLE(n) : 1.0;
+		double share = workers >= 1.0 ? 1.0 / workers : 1.0;
+		if (share != ps->share) {
+			int burst = (int)ceil((double)ps->cfg->burst * share);
+			log_info("provider %s: %g live worker(s), taking %.3g of rate %g/s", ps->name,
+				 workers, share, ps->cfg->rate);
+			ps->share = share;
+			tb_configure(&ps->tb, ps->cfg->rate * share, burst < 1 ? 1 : burst,
+				     now_monotonic_us());
+		}
+	}
+	yajl_tree_free(shares);
 }
 
 static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 {
 	Engine *e = arg;
-	char n[16];
-	const char *params[2];
+	char n[16], lease[24];
+	const char *params[3];
 
 	arm_ms(e->heartbeat_timer, e->cfg->heartbeat_interval_ms);
 	if (!e->setup_done)
 		return;
 	snprintf(n, sizeof(n), "%d", e->ntransfers);
+	snprintf(lease, sizeof(lease), "%lld", (long long)e->cfg->lease_timeout_ms);
 	params[0] = e->bd->worker_id;
 	params[1] = n;
-	if (db_query(e->db, "SELECT batchd.heartbeat($1::uuid, $2::int)", 2, params,
-		     heartbeat_done, e) < 0)
+	params[2] = lease;
+	if (db_query(e->db, "SELECT registered, shares FROM batchd.worker_heartbeat($1::uuid, "
+		     "$2::int, $3::bigint)", 3, params, heartbeat_done, e) < 0)
+		return;
+}
+
+/* ------------------------------------------------------------------ reaper */
+
+static void reap_done(PGresult *res, void *arg)
+{
+	Engine *e = arg;
+	int workers, requeued, failed;
+
+	if (!res)
+		return;
+	if (!db_result_ok(res)) {
+		log_error("reaping dead workers failed: %s", db_result_error(res));
+		return;
+	}
+	workers = atoi(PQgetvalue(res, 0, 0));
+	requeued = atoi(PQgetvalue(res, 0, 1));
+	failed = atoi(PQgetvalue(res, 0, 2));
+	if (workers > 0) {
+		log_warn("recovered %d dead worker(s): %d item(s) requeued, %d failed after "
+			 "max_attempts (worker lost)", workers, requeued, failed);
+		e->st.recovered += (uint64_t)(requeued + failed);
+		if (requeued > 0)
+			wake(e);
+	}
+}
+
+/*
+ * Every live worker looks for dead ones (heartbeat older than
+ * lease_timeout) at a jittered heartbeat interval; the SQL skips workers
+ * another reaper is handling, so two reapers never requeue an item twice.
+ */
+static void reaper_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Engine *e = arg;
+	char lease[24];
+	const char *params[2];
+	int64_t next = e->cfg->heartbeat_interval_ms / 2 +
+		random() % (e->cfg->heartbeat_interval_ms + 1);
+
+	arm_ms(e->reaper_timer, next);
+	if (!e->setup_done || e->stop != STOP_NONE)
+		return;
+	snprintf(lease, sizeof(lease), "%lld", (long long)e->cfg->lease_timeout_ms);
+	params[0] = e->bd->worker_id;
+	params[1] = lease;
+	if (db_query(e->db, "SELECT workers, requeued, failed FROM batchd.reap_workers($1::uuid, "
+		     "$2::bigint)", 2, params, reap_done, e) < 0)
 		return;
 }
 
@@ -724,6 +870,7 @@ void engine_stop(Engine *e, bool immediate)
 		return;
 	evtimer_del(e->poll_timer);
 	evtimer_del(e->heartbeat_timer);
+	evtimer_del(e->reaper_timer);
 	if (!e->ever_ready && !e->setup_done) {
 		/* never got going: nothing to release */
 		e->stop = STOP_DONE;
@@ -820,6 +967,7 @@ Engine *engine_new(Batchd *bd)
 	e->flush_timer = evtimer_new(bd->base, flush_timer_cb, e);
 	e->poll_timer = evtimer_new(bd->base, poll_timer_cb, e);
 	e->heartbeat_timer = evtimer_new(bd->base, heartbeat_cb, e);
+	e->reaper_timer = evtimer_new(bd->base, reaper_cb, e);
 	e->stop_timer = evtimer_new(bd->base, stop_timer_cb, e);
 	dispatch_init(e);
 	build_claim_params(e);
@@ -831,6 +979,7 @@ void engine_start(Engine *e)
 	db_start(e->db);
 	arm_ms(e->poll_timer, e->cfg->poll_interval_ms);
 	arm_ms(e->heartbeat_timer, e->cfg->heartbeat_interval_ms);
+	arm_ms(e->reaper_timer, e->cfg->heartbeat_interval_ms);
 }
 
 void engine_free(Engine *e)
@@ -844,6 +993,7 @@ void engine_free(Engine *e)
 	event_free(e->flush_timer);
 	event_free(e->poll_timer);
 	event_free(e->heartbeat_timer);
+	event_free(e->reaper_timer);
 	event_free(e->stop_timer);
 	rec_free(&e->pending);
 	rec_free(&e->flushing);

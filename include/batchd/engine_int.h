@@ -160,6 +160,7 @@ struct Engine {
 	struct event *flush_timer;
 	struct event *poll_timer;
 	struct event *heartbeat_timer;
+	struct event *reaper_timer;
 	struct event *stop_timer;
 	enum StopPhase stop;
 

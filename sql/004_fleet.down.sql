@@ -1,0 +1,6 @@
+-- 004_fleet.down.sql: revert 004_fleet.up.sql.
+DROP FUNCTION batchd.reap_workers(uuid, bigint);
+DROP FUNCTION batchd.release_unheld(uuid, bigint[]);
+DROP FUNCTION batchd.worker_heartbeat(uuid, int, bigint);
+DROP FUNCTION batchd.register_worker(uuid, text, int, text, text[]);
+ALTER TABLE batchd.workers DROP COLUMN providers;
