@@ -25,8 +25,13 @@
 #define DB_BACKOFF_MIN_MS 100
 #define DB_BACKOFF_MAX_MS 5000
 
+const double db_lat_bucket_le[DB_LAT_BUCKETS] = {
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5,
+};
+
 typedef struct DbQuery {
 	struct DbQuery *next;
+	int64_t sent_us;
 	char *sql;
 	int nparams;
 	char **params;
@@ -53,6 +58,7 @@ struct Db {
 	DbQuery *current;         /* sent, results pending */
 	PGresult *current_res;    /* result kept for the callback */
 	bool stopped;             /* db_close called: no reconnect */
+	DbLatency lat;
 	char last_error[256];
 };
 
@@ -312,6 +318,7 @@ static void db_send_next(Db *db)
 	db->queued--;
 	q->next = NULL;
 	db->current = q;
+	q->sent_us = now_monotonic_us();
 	if (!PQsendQueryParams(db->conn, q->sql, q->nparams, NULL,
 			       (const char *const *)q->params, NULL, NULL, 0)) {
 		db_lost(db, PQerrorMessage(db->conn));
@@ -395,6 +402,12 @@ static void db_on_read(evutil_socket_t fd, short what, void *arg)
 		/* NULL: the query is complete */
 		DbQuery *q = db->current;
 		PGresult *r = db->current_res;
+		double secs = (double)(now_monotonic_us() - q->sent_us) / 1e6;
+		db->lat.count++;
+		db->lat.sum += secs;
+		for (int b = 0; b < DB_LAT_BUCKETS; b++)
+			if (secs <= db_lat_bucket_le[b])
+				db->lat.buckets[b]++;
 		db->current = NULL;
 		db->current_res = NULL;
 		if (q->cb)
@@ -432,6 +445,11 @@ void db_free(Db *db)
 	free(db->conninfo);
 	free(db->name);
 	free(db);
+}
+
+void db_get_latency(const Db *db, DbLatency *out)
+{
+	*out = db->lat;
 }
 
 bool db_result_ok(const PGresult *res)

@@ -36,6 +36,7 @@ const double lat_bucket_le[LAT_BUCKETS] = {
 #define RETRY_AFTER_MAX_MS (3600 * 1000LL)
 
 static void ps_wake(ProvState *ps);
+static Job *q_pop(ProvState *ps);
 static void job_outcome(Engine *e, Job *j, enum Outcome out, long status, const char *error);
 
 /* ------------------------------------------------------------- utilities */
@@ -137,6 +138,8 @@ void dispatch_init(Engine *e)
 	for (int i = 0; i < e->nprovs; i++)
 		e->provs[i] = ps_new(e, e->cfg->providers[i]);
 	e->route_stats = xcalloc((size_t)e->cfg->nroutes + 1, sizeof(RouteStats));
+	for (int i = 0; i < e->cfg->nroutes; i++)
+		e->route_stats[i].queue_depth = -1;
 }
 
 void dispatch_free(Engine *e)
@@ -157,9 +160,70 @@ ProvState *dispatch_find(Engine *e, const char *name)
 	return NULL;
 }
 
+/* The live provider state for a route's idx-th provider; NULL when the
+ * provider was removed by a reload (the item then skips it). */
 static ProvState *route_ps(Engine *e, const Route *r, int idx)
 {
-	return dispatch_find(e, r->providers[idx]->name);
+	ProvState *ps = dispatch_find(e, r->providers[idx]->name);
+	return ps && !ps->removed ? ps : NULL;
+}
+
+/* SIGHUP: new limits for existing providers (breaker state kept), states
+ * for new ones; removed ones stop taking work. */
+void dispatch_reload(Engine *e, Config *nc)
+{
+	int64_t now = now_monotonic_us();
+	int n = e->nprovs;
+
+	for (int i = 0; i < n; i++) {
+		ProvState *ps = e->provs[i];
+		Provider *np = config_find_provider(nc, ps->name);
+		if (np) {
+			int burst = (int)ceil((double)np->burst * ps->share);
+			ps->cfg = np;
+			ps->removed = false;
+			tb_configure(&ps->tb, np->rate * ps->share, burst < 1 ? 1 : burst, now);
+			br_configure(&ps->br, np->breaker_failures, np->breaker_cooldown_ms * 1000);
+		} else if (!ps->removed) {
+			log_warn("provider %s removed by reload; its waiting items move on", ps->name);
+			ps->removed = true;
+		}
+	}
+	for (int i = 0; i < nc->nproviders; i++) {
+		if (dispatch_find(e, nc->providers[i]->name))
+			continue;
+		e->provs = xrealloc(e->provs, (size_t)(e->nprovs + 2) * sizeof(ProvState *));
+		e->provs[e->nprovs++] = ps_new(e, nc->providers[i]);
+		e->provs[e->nprovs] = NULL;
+	}
+	/* route counters follow the routes by name */
+	{
+		RouteStats *rs = xcalloc((size_t)nc->nroutes + 1, sizeof(RouteStats));
+		for (int i = 0; i < nc->nroutes; i++) {
+			rs[i].queue_depth = -1;
+			for (int k = 0; k < e->cfg->nroutes; k++)
+				if (strcmp(e->cfg->routes[k]->name, nc->routes[i]->name) == 0)
+					rs[i] = e->route_stats[k];
+		}
+		free(e->route_stats);
+		e->route_stats = rs;
+	}
+}
+
+/* After the config switch: wake every provider (new limits, removed ones
+ * hand their queue on). */
+void dispatch_wake_all(Engine *e)
+{
+	for (int i = 0; i < e->nprovs; i++) {
+		ProvState *ps = e->provs[i];
+		if (ps->removed) {
+			Job *j;
+			while ((j = q_pop(ps)) != NULL)
+				dispatch_route(e, j);
+		} else {
+			ps_wake(ps);
+		}
+	}
 }
 
 static void q_push(ProvState *ps, Job *j)
@@ -400,7 +464,7 @@ static void ps_wake(ProvState *ps)
 
 	evtimer_del(ps->wake_timer);
 	while (ps->qhead) {
-		if (!br_admits(&ps->br)) {
+		if (ps->removed || !br_admits(&ps->br)) {
 			/* breaker open (or probe out): everybody here moves on */
 			Job *j = q_pop(ps);
 			dispatch_route(ps->e, j);
@@ -436,7 +500,7 @@ void dispatch_route(Engine *e, Job *j)
 	}
 	for (k = j->pidx; k < r->nproviders; k++) {
 		ProvState *cand = route_ps(e, r, k);
-		if (br_admits(&cand->br)) {
+		if (cand && br_admits(&cand->br)) {
 			ps = cand;
 			break;
 		}
@@ -446,10 +510,17 @@ void dispatch_route(Engine *e, Job *j)
 		char why[256];
 		for (k = j->pidx; k < r->nproviders; k++) {
 			ProvState *cand = route_ps(e, r, k);
-			int64_t at = cand->br.state == BR_OPEN ? br_half_open_at(&cand->br) :
+			int64_t at;
+			if (!cand)
+				continue;
+			at = cand->br.state == BR_OPEN ? br_half_open_at(&cand->br) :
 				now + cand->cfg->breaker_cooldown_ms * 1000;
 			if (at < earliest)
 				earliest = at;
+		}
+		if (earliest == INT64_MAX) {
+			/* every provider of the route is gone (reload): try again later */
+			earliest = now + 60 * 1000000LL;
 		}
 		snprintf(why, sizeof(why), "every provider of route %s has its circuit breaker open",
 			 r->name);
@@ -458,9 +529,11 @@ void dispatch_route(Engine *e, Job *j)
 		return;
 	}
 	if (k != j->pidx) {
+		ProvState *from = route_ps(e, r, j->pidx);
 		log_info("item %lld: failing over from %s to %s (breaker)", (long long)j->id,
 			 r->providers[j->pidx]->name, ps->name);
-		route_ps(e, r, j->pidx)->failovers_from++;
+		if (from)
+			from->failovers_from++;
 		j->pidx = k;
 		j->tries = 0;
 	}
@@ -563,7 +636,8 @@ static bool job_failover(Engine *e, Job *j, const char *why)
 		return false;
 	log_info("item %lld: failing over from %s to %s (%s)", (long long)j->id,
 		 j->route->providers[j->pidx]->name, j->route->providers[j->pidx + 1]->name, why);
-	route_ps(e, j->route, j->pidx)->failovers_from++;
+	if (j->ps)
+		j->ps->failovers_from++;
 	j->pidx++;
 	j->tries = 0;
 	j->state = JOB_NEW;

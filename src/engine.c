@@ -325,8 +325,29 @@ static void flush_done(PGresult *res, void *arg)
 
 /* -------------------------------------------------------------------- jobs */
 
+/* A job let go of its config generation: free retired configs nobody uses. */
+static void cfg_unref(Engine *e, Config *cfg)
+{
+	if (cfg == e->cfg) {
+		e->cfg_jobs--;
+		return;
+	}
+	for (int i = 0; i < e->nretired; i++) {
+		if (e->retired[i] != cfg)
+			continue;
+		if (--e->retired_jobs[i] == 0) {
+			config_free(cfg);
+			e->retired[i] = e->retired[e->nretired - 1];
+			e->retired_jobs[i] = e->retired_jobs[e->nretired - 1];
+			e->nretired--;
+		}
+		return;
+	}
+}
+
 void engine_job_done(Engine *e, Job *j)
 {
+	cfg_unref(e, j->cfg);
 	if (j->prev)
 		j->prev->next = j->next;
 	else
@@ -395,6 +416,8 @@ static void claim_done(PGresult *res, void *arg)
 		const char *route = PQgetvalue(res, i, 2);
 
 		j->e = e;
+		j->cfg = e->cfg;
+		e->cfg_jobs++;
 		j->state = JOB_NEW;
 		j->id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
 		snprintf(j->batch_id, sizeof(j->batch_id), "%s", PQgetvalue(res, i, 1));
@@ -521,6 +544,7 @@ static void setup_listen_done(PGresult *res, void *arg)
 		return;
 	}
 	e->setup_done = true;
+	e->db_down_since_us = 0;
 	if (!e->ever_ready) {
 		e->ever_ready = true;
 		log_info("worker %s ready: %d route(s), max_inflight %d", e->bd->worker_id,
@@ -674,6 +698,7 @@ static void on_connect(Db *db, void *arg)
 static void on_disconnect(Db *db, void *arg)
 {
 	Engine *e = arg;
+	e->db_down_since_us = now_monotonic_us();
 	e->setup_done = false;
 	e->claim_inflight = false;
 	e->flush_inflight = false;
@@ -740,6 +765,69 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	params[2] = lease;
 	if (db_query(e->db, "SELECT registered, shares FROM batchd.worker_heartbeat($1::uuid, "
 		     "$2::int, $3::bigint)", 3, params, heartbeat_done, e) < 0)
+		return;
+}
+
+/* --------------------------------------------------------- lag and depth */
+
+#define LAG_TICK_US 250000
+
+/* A 250 ms timer that notes how late it fires: the loop's lag. */
+static void lag_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Engine *e = arg;
+	int64_t now = now_monotonic_us();
+	double lag = (double)(now - e->lag_expected_us) / 1e6;
+
+	if (lag > e->lag_max_s)
+		e->lag_max_s = lag;
+	if (lag > 1.0)
+		log_warn("event loop lagged %.3f s", lag);
+	e->lag_expected_us = now + LAG_TICK_US;
+	arm_ms(e->lag_timer, LAG_TICK_US / 1000);
+}
+
+double engine_take_loop_lag(Engine *e)
+{
+	double v = e->lag_max_s;
+	e->lag_max_s = 0;
+	return v < 0 ? 0 : v;
+}
+
+bool engine_healthy(const Engine *e)
+{
+	/* not yet ready counts as healthy: TimeoutStartSec covers the start */
+	if (e->db_down_since_us == 0 || !e->ever_ready)
+		return true;
+	return now_monotonic_us() - e->db_down_since_us <= e->cfg->watchdog_db_grace_ms * 1000;
+}
+
+static void depth_done(PGresult *res, void *arg)
+{
+	Engine *e = arg;
+	if (!res || !db_result_ok(res))
+		return;
+	for (int i = 0; i < e->cfg->nroutes; i++)
+		e->route_stats[i].queue_depth = 0;
+	for (int r = 0; r < PQntuples(res); r++)
+		for (int i = 0; i < e->cfg->nroutes; i++)
+			if (strcmp(e->cfg->routes[i]->name, PQgetvalue(res, r, 0)) == 0)
+				e->route_stats[i].queue_depth = strtoll(PQgetvalue(res, r, 1), NULL, 10);
+}
+
+/* Queue depth per route for the metrics: one cheap count on the claim
+ * index every 15 s. */
+static void depth_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Engine *e = arg;
+	const char *params[1];
+
+	arm_ms(e->depth_timer, 15000);
+	if (!e->setup_done)
+		return;
+	params[0] = e->routes_param;
+	if (db_query(e->db, "SELECT route, count(*) FROM batchd.items WHERE status = 'queued' "
+		     "AND route = ANY ($1::text[]) GROUP BY route", 1, params, depth_done, e) < 0)
 		return;
 }
 
@@ -871,6 +959,7 @@ void engine_stop(Engine *e, bool immediate)
 	evtimer_del(e->poll_timer);
 	evtimer_del(e->heartbeat_timer);
 	evtimer_del(e->reaper_timer);
+	evtimer_del(e->depth_timer);
 	if (!e->ever_ready && !e->setup_done) {
 		/* never got going: nothing to release */
 		e->stop = STOP_DONE;
@@ -968,6 +1057,8 @@ Engine *engine_new(Batchd *bd)
 	e->poll_timer = evtimer_new(bd->base, poll_timer_cb, e);
 	e->heartbeat_timer = evtimer_new(bd->base, heartbeat_cb, e);
 	e->reaper_timer = evtimer_new(bd->base, reaper_cb, e);
+	e->lag_timer = evtimer_new(bd->base, lag_cb, e);
+	e->depth_timer = evtimer_new(bd->base, depth_cb, e);
 	e->stop_timer = evtimer_new(bd->base, stop_timer_cb, e);
 	dispatch_init(e);
 	build_claim_params(e);
@@ -980,6 +1071,9 @@ void engine_start(Engine *e)
 	arm_ms(e->poll_timer, e->cfg->poll_interval_ms);
 	arm_ms(e->heartbeat_timer, e->cfg->heartbeat_interval_ms);
 	arm_ms(e->reaper_timer, e->cfg->heartbeat_interval_ms);
+	e->lag_expected_us = now_monotonic_us() + LAG_TICK_US;
+	arm_ms(e->lag_timer, LAG_TICK_US / 1000);
+	arm_ms(e->depth_timer, 1000);
 }
 
 void engine_free(Engine *e)
@@ -994,6 +1088,12 @@ void engine_free(Engine *e)
 	event_free(e->poll_timer);
 	event_free(e->heartbeat_timer);
 	event_free(e->reaper_timer);
+	event_free(e->lag_timer);
+	event_free(e->depth_timer);
+	for (int i = 0; i < e->nretired; i++)
+		config_free(e->retired[i]);
+	free(e->retired);
+	free(e->retired_jobs);
 	event_free(e->stop_timer);
 	rec_free(&e->pending);
 	rec_free(&e->flushing);
@@ -1002,6 +1102,50 @@ void engine_free(Engine *e)
 	free(e->group_conc_param);
 	free(e->group_interval_param);
 	free(e);
+}
+
+/*
+ * SIGHUP with a valid new config.  Providers keep their breaker state and
+ * take the new limits; jobs in flight keep the config generation they were
+ * claimed under until they finish (then it is freed).  database and listen
+ * need a restart.
+ */
+void engine_reload(Engine *e, Config *nc)
+{
+	Config *old = e->cfg;
+
+	if (strcmp(old->database, nc->database) != 0)
+		log_warn("reload: database changed; restart batchd for it to take effect");
+	if ((old->listen == NULL) != (nc->listen == NULL) ||
+	    (old->listen && strcmp(old->listen, nc->listen) != 0))
+		log_warn("reload: listen changed; restart batchd for it to take effect");
+	dispatch_reload(e, nc);
+	if (e->cfg_jobs > 0) {
+		e->retired = xrealloc(e->retired, (size_t)(e->nretired + 1) * sizeof(Config *));
+		e->retired_jobs = xrealloc(e->retired_jobs, (size_t)(e->nretired + 1) * sizeof(int));
+		e->retired[e->nretired] = old;
+		e->retired_jobs[e->nretired] = e->cfg_jobs;
+		e->nretired++;
+	} else {
+		config_free(old);
+	}
+	e->cfg = nc;
+	e->cfg_jobs = 0;
+	e->bd->cfg = nc;
+	build_claim_params(e);
+	dispatch_wake_all(e);
+	log_info("configuration reloaded: %d provider(s), %d route(s)", nc->nproviders,
+		 nc->nroutes);
+	wake(e);
+}
+
+int engine_breakers_open(const Engine *e)
+{
+	int n = 0;
+	for (int i = 0; i < e->nprovs; i++)
+		if (!e->provs[i]->removed && e->provs[i]->br.state != BR_CLOSED)
+			n++;
+	return n;
 }
 
 bool engine_is_ready(const Engine *e)

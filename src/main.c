@@ -75,6 +75,7 @@ static void make_worker_id(char *out, size_t len)
 
 static Batchd g_bd;
 static int g_signals;
+static const char *g_config_path;
 
 void batchd_engine_ready(Batchd *bd)
 {
@@ -106,14 +107,71 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
+/* SIGHUP: re-read the config; a bad one is logged and the old one kept. */
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	Batchd *bd = arg;
+	char err[1024];
+	Config *nc;
+
+	log_info("received SIGHUP: reloading %s", g_config_path);
+	sdn_reloading();
+	nc = config_load(g_config_path, err, sizeof(err));
+	if (!nc) {
+		log_error("reload failed, keeping the running configuration: %s", err);
+	} else {
+		log_set_level(nc->log_level);
+		log_set_format(nc->log_format);
+		engine_reload(bd->engine, nc);
+	}
+	sdn_ready("reloaded");
+}
+
+static bool healthy(void *arg)
+{
+	Batchd *bd = arg;
+	return engine_healthy(bd->engine);
+}
+
+/* STATUS= for systemctl status: live figures every few seconds. */
+static void status_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Batchd *bd = arg;
+	static uint64_t last_done;
+	static int64_t last_us;
+	struct timeval tv = { 5, 0 };
+	EngineStats st;
+	char buf[256];
+	int64_t now = now_monotonic_us();
+	uint64_t done;
+	double rate = 0;
+
+	engine_get_stats(bd->engine, &st);
+	done = st.succeeded + st.failed;
+	if (last_us)
+		rate = (double)(done - last_done) / ((double)(now - last_us) / 1e6);
+	last_done = done;
+	last_us = now;
+	snprintf(buf, sizeof(buf), "%s; in flight %d, held %d; %.1f done/s; %d breaker(s) open; "
+		 "%llu succeeded, %llu failed",
+		 engine_is_ready(bd->engine) ? "database up" : "database DOWN", st.inflight, st.held,
+		 rate, engine_breakers_open(bd->engine), (unsigned long long)st.succeeded,
+		 (unsigned long long)st.failed);
+	if (bd->ready_sent)
+		sdn_status(buf);
+	evtimer_add(bd->status_timer, &tv);
+}
+
 static int run_daemon(Config *cfg)
 {
 	Batchd *bd = &g_bd;
-	struct event *ev_term, *ev_int;
+	struct event *ev_term, *ev_int, *ev_hup;
+	struct timeval tv5 = { 5, 0 };
 	char err[512];
 
 	memset(bd, 0, sizeof(*bd));
 	bd->cfg = cfg;
+	bd->start_us = now_realtime_us();
 	make_worker_id(bd->worker_id, sizeof(bd->worker_id));
 	if (gethostname(bd->hostname, sizeof(bd->hostname) - 1) != 0)
 		snprintf(bd->hostname, sizeof(bd->hostname), "unknown");
@@ -123,11 +181,13 @@ static int run_daemon(Config *cfg)
 	signal(SIGPIPE, SIG_IGN);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
 		log_error("curl_global_init failed");
+		config_free(cfg);
 		return 1;
 	}
 	bd->base = event_base_new();
 	if (!bd->base) {
 		log_error("event_base_new failed");
+		config_free(cfg);
 		return 1;
 	}
 	log_info("batchd %s starting: worker %s on %s, pid %d", PACKAGE_VERSION, bd->worker_id,
@@ -141,14 +201,19 @@ static int run_daemon(Config *cfg)
 			engine_free(bd->engine);
 			event_base_free(bd->base);
 			curl_global_cleanup();
+			config_free(cfg);
 			return 1;
 		}
 	}
 	ev_term = evsignal_new(bd->base, SIGTERM, on_stop_signal, bd);
 	ev_int = evsignal_new(bd->base, SIGINT, on_stop_signal, bd);
+	ev_hup = evsignal_new(bd->base, SIGHUP, on_hup, bd);
 	evsignal_add(ev_term, NULL);
 	evsignal_add(ev_int, NULL);
-	sdn_start(bd->base);
+	evsignal_add(ev_hup, NULL);
+	bd->status_timer = evtimer_new(bd->base, status_cb, bd);
+	evtimer_add(bd->status_timer, &tv5);
+	sdn_start(bd->base, healthy, bd);
 
 	engine_start(bd->engine);
 	event_base_dispatch(bd->base);
@@ -157,8 +222,12 @@ static int run_daemon(Config *cfg)
 	sdn_stop();
 	event_free(ev_term);
 	event_free(ev_int);
+	event_free(ev_hup);
+	event_free(bd->status_timer);
 	api_free(bd->api);
 	engine_free(bd->engine);
+	/* the engine may have switched configs at reloads: free the current one */
+	config_free(bd->cfg);
 	event_base_free(bd->base);
 	curl_global_cleanup();
 	return bd->exit_code;
@@ -229,6 +298,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
+	g_config_path = path;
 	cfg = load_config(path);
 	if (!cfg)
 		return 2;
@@ -241,10 +311,10 @@ int main(int argc, char **argv)
 		config_free(cfg);
 		return 0;
 	}
-	if (migrate)
+	if (migrate) {
 		rc = migrate_run(cfg->database, down);
-	else
-		rc = run_daemon(cfg);
-	config_free(cfg);
-	return rc;
+		config_free(cfg);
+		return rc;
+	}
+	return run_daemon(cfg);   /* frees the config */
 }

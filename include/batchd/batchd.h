@@ -20,6 +20,8 @@ typedef struct Batchd {
 	Engine *engine;
 	Api *api;
 	bool ready_sent;           /* READY=1 sent to systemd */
+	int64_t start_us;          /* realtime */
+	struct event *status_timer;
 	int exit_code;
 } Batchd;
 

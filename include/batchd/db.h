@@ -11,6 +11,7 @@
 #define BATCHD_DB_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <event2/event.h>
 #include <libpq-fe.h>
 
@@ -58,6 +59,16 @@ int db_queue_length(const Db *db);
  */
 int db_query(Db *db, const char *sql, int nparams, const char *const *params,
 	     db_result_cb cb, void *arg) _MUSTCHECK;
+
+/* Statement latency histogram (send to result), for metrics. */
+#define DB_LAT_BUCKETS 10
+extern const double db_lat_bucket_le[DB_LAT_BUCKETS];
+typedef struct DbLatency {
+	uint64_t buckets[DB_LAT_BUCKETS];   /* cumulative */
+	uint64_t count;
+	double sum;
+} DbLatency;
+void db_get_latency(const Db *db, DbLatency *out);
 
 /* Helpers for result callbacks. */
 bool db_result_ok(const PGresult *res);              /* TUPLES_OK or COMMAND_OK */

@@ -41,5 +41,12 @@ bool engine_is_ready(const Engine *e);
 bool engine_db_up(const Engine *e);
 const char *engine_db_error(const Engine *e);
 void engine_get_stats(const Engine *e, EngineStats *out);
+/* Largest loop lag seen since the last call, seconds. */
+double engine_take_loop_lag(Engine *e);
+/* Healthy for the systemd watchdog: database away no longer than the grace. */
+bool engine_healthy(const Engine *e);
+int engine_breakers_open(const Engine *e);
+/* Apply a new configuration (SIGHUP); the engine takes ownership. */
+void engine_reload(Engine *e, Config *cfg);
 
 #endif /* BATCHD_ENGINE_H */

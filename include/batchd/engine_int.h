@@ -43,6 +43,7 @@ typedef struct Job {
 	struct Job *prev, *next;   /* engine's list of every live job */
 	struct Job *qnext;         /* provider wait queue */
 	Engine *e;
+	Config *cfg;               /* the config generation j->route lives in */
 	enum JobState state;
 	int64_t id;
 	char batch_id[37];
@@ -87,6 +88,7 @@ struct ProvState {
 	int nqueued;
 	struct event *wake_timer;  /* token, pause */
 	struct event *br_timer;    /* OPEN -> HALF_OPEN */
+	bool removed;              /* gone from the config at a reload */
 	double share;              /* this worker's share of the rate (fleet) */
 
 	/* counters for metrics and status */
@@ -108,6 +110,7 @@ typedef struct RouteStats {
 	uint64_t succeeded;
 	uint64_t failed;
 	uint64_t deferred;
+	int64_t queue_depth;       /* queued items, periodic query; -1 unknown */
 } RouteStats;
 
 /* Pending completions: one JSON object each, flushed as one array. */
@@ -148,6 +151,11 @@ struct Engine {
 	int njobs;
 	int ntransfers;
 
+	Config **retired;         /* older configs still referenced by jobs */
+	int *retired_jobs;
+	int nretired;
+	int cfg_jobs;             /* jobs referencing e->cfg */
+
 	ProvState **provs;
 	int nprovs;
 	RouteStats *route_stats;  /* aligned with cfg->routes */
@@ -161,6 +169,11 @@ struct Engine {
 	struct event *poll_timer;
 	struct event *heartbeat_timer;
 	struct event *reaper_timer;
+	struct event *lag_timer;
+	struct event *depth_timer;
+	int64_t lag_expected_us;
+	double lag_max_s;
+	int64_t db_down_since_us;  /* monotonic; 0 while the database is up */
 	struct event *stop_timer;
 	enum StopPhase stop;
 
@@ -183,5 +196,7 @@ void dispatch_abort_all(Engine *e);        /* stop: drop every job */
 void dispatch_drop_waiting(Engine *e);     /* stop: drop jobs not transferring */
 ProvState *dispatch_find(Engine *e, const char *name);
 void dispatch_job_release(Engine *e, Job *j);  /* free transfer resources */
+void dispatch_reload(Engine *e, Config *nc);   /* before e->cfg switches */
+void dispatch_wake_all(Engine *e);             /* after it switched */
 
 #endif /* BATCHD_ENGINE_INT_H */

@@ -1,16 +1,22 @@
 /*
- * sd.h - systemd notify protocol: READY, STATUS, STOPPING, WATCHDOG.
- * Without NOTIFY_SOCKET every call is a cheap no-op.
+ * sd.h - systemd notify protocol: READY, STATUS, RELOADING, STOPPING,
+ * WATCHDOG.  Without NOTIFY_SOCKET every call is a cheap no-op.
  */
 #ifndef BATCHD_SD_H
 #define BATCHD_SD_H
 
+#include <stdbool.h>
 #include <event2/event.h>
 
-void sdn_start(struct event_base *base);   /* arms the watchdog timer if asked */
+/* Arms the watchdog timer when WATCHDOG_USEC asks for it; pings go out only
+ * while healthy(arg) says yes. */
+void sdn_start(struct event_base *base, bool (*healthy)(void *arg), void *arg);
 void sdn_ready(const char *status);
 void sdn_status(const char *status);
+void sdn_reloading(void);
 void sdn_stopping(void);
 void sdn_stop(void);
+/* Listening sockets passed by systemd (socket activation): count, fds from 3. */
+int sdn_listen_fds(void);
 
 #endif /* BATCHD_SD_H */

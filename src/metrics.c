@@ -1,0 +1,269 @@
+/*
+ * metrics.c - render every counter batchd keeps as Prometheus text.
+ *
+ * Nothing here touches the database: the figures are counters the loop
+ * keeps anyway, plus the queue depth from the engine's periodic query, plus
+ * process figures from /proc.  Names carry their unit (_seconds, _bytes,
+ * _total) and the batchd_ prefix.
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "batchd/engine_int.h"
+#include "batchd/metrics.h"
+
+static void help(StrBuf *sb, const char *name, const char *type, const char *text)
+{
+	sb_printf(sb, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
+}
+
+/* Label values: escape backslash, double quote and newline. */
+static void label(StrBuf *sb, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			sb_putc(sb, '\\');
+		if (*v == '\n') {
+			sb_puts(sb, "\\n");
+			continue;
+		}
+		sb_putc(sb, *v);
+	}
+}
+
+static void sample1(StrBuf *sb, const char *name, const char *k, const char *v, double value)
+{
+	sb_printf(sb, "%s{%s=\"", name, k);
+	label(sb, v);
+	sb_printf(sb, "\"} %.17g\n", value);
+}
+
+static void sample2(StrBuf *sb, const char *name, const char *k1, const char *v1,
+		    const char *k2, const char *v2, double value)
+{
+	sb_printf(sb, "%s{%s=\"", name, k1);
+	label(sb, v1);
+	sb_printf(sb, "\",%s=\"", k2);
+	label(sb, v2);
+	sb_printf(sb, "\"} %.17g\n", value);
+}
+
+static bool ps_live(const ProvState *ps)
+{
+	return !ps->removed;
+}
+
+static void render_providers(Engine *e, StrBuf *sb)
+{
+	int64_t now = now_monotonic_us();
+
+	help(sb, "batchd_provider_requests_total", "counter",
+	     "Requests answered by a provider, by HTTP status (code=\"none\": no answer).");
+	for (int i = 0; i < e->nprovs; i++) {
+		ProvState *ps = e->provs[i];
+		char code[8];
+		for (int c = 0; c < 600; c++) {
+			if (!ps->by_code[c])
+				continue;
+			if (c == 0)
+				snprintf(code, sizeof(code), "none");
+			else
+				snprintf(code, sizeof(code), "%d", c);
+			sample2(sb, "batchd_provider_requests_total", "provider", ps->name, "code", code,
+				(double)ps->by_code[c]);
+		}
+	}
+	help(sb, "batchd_provider_request_duration_seconds", "histogram",
+	     "Time from the start of a request to its outcome.");
+	for (int i = 0; i < e->nprovs; i++) {
+		ProvState *ps = e->provs[i];
+		for (int b = 0; b < LAT_BUCKETS; b++) {
+			char le[32];
+			snprintf(le, sizeof(le), "%g", lat_bucket_le[b]);
+			sample2(sb, "batchd_provider_request_duration_seconds_bucket", "provider", ps->name,
+				"le", le, (double)ps->lat_buckets[b]);
+		}
+		sample2(sb, "batchd_provider_request_duration_seconds_bucket", "provider", ps->name,
+			"le", "+Inf", (double)ps->lat_count);
+		sample1(sb, "batchd_provider_request_duration_seconds_sum", "provider", ps->name,
+			ps->lat_sum);
+		sample1(sb, "batchd_provider_request_duration_seconds_count", "provider", ps->name,
+			(double)ps->lat_count);
+	}
+	help(sb, "batchd_provider_retries_total", "counter",
+	     "Transient failures retried on the same provider.");
+	for (int i = 0; i < e->nprovs; i++)
+		sample1(sb, "batchd_provider_retries_total", "provider", e->provs[i]->name,
+			(double)e->provs[i]->retries);
+	help(sb, "batchd_provider_failovers_total", "counter",
+	     "Items that left this provider for the next one of their route.");
+	for (int i = 0; i < e->nprovs; i++)
+		sample1(sb, "batchd_provider_failovers_total", "provider", e->provs[i]->name,
+			(double)e->provs[i]->failovers_from);
+	help(sb, "batchd_provider_inflight", "gauge", "Requests in flight to a provider.");
+	for (int i = 0; i < e->nprovs; i++)
+		sample1(sb, "batchd_provider_inflight", "provider", e->provs[i]->name,
+			e->provs[i]->inflight);
+	help(sb, "batchd_provider_queued", "gauge",
+	     "Items waiting for a provider's token, slot or pause to end.");
+	for (int i = 0; i < e->nprovs; i++)
+		sample1(sb, "batchd_provider_queued", "provider", e->provs[i]->name,
+			e->provs[i]->nqueued);
+	help(sb, "batchd_breaker_state", "gauge",
+	     "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
+	for (int i = 0; i < e->nprovs; i++)
+		sample1(sb, "batchd_breaker_state", "provider", e->provs[i]->name,
+			(double)e->provs[i]->br.state);
+	help(sb, "batchd_breaker_transitions_total", "counter",
+	     "Circuit breaker transitions, by the state entered.");
+	for (int i = 0; i < e->nprovs; i++) {
+		static const char *const to[3] = { "closed", "open", "half_open" };
+		for (int s = 0; s < 3; s++)
+			sample2(sb, "batchd_breaker_transitions_total", "provider", e->provs[i]->name,
+				"to", to[s], (double)e->provs[i]->br.transitions[s]);
+	}
+	help(sb, "batchd_ratelimit_wait_seconds_total", "counter",
+	     "Time items spent waiting for a provider's token, slot or pause.");
+	for (int i = 0; i < e->nprovs; i++)
+		sample1(sb, "batchd_ratelimit_wait_seconds_total", "provider", e->provs[i]->name,
+			e->provs[i]->wait_seconds);
+	help(sb, "batchd_ratelimit_tokens", "gauge",
+	     "Tokens in a provider's bucket now (burst when unlimited).");
+	for (int i = 0; i < e->nprovs; i++)
+		if (ps_live(e->provs[i]))
+			sample1(sb, "batchd_ratelimit_tokens", "provider", e->provs[i]->name,
+				tb_available(&e->provs[i]->tb, now));
+	help(sb, "batchd_ratelimit_rate", "gauge",
+	     "This process's share of a provider's rate, requests per second (0: unlimited).");
+	for (int i = 0; i < e->nprovs; i++)
+		if (ps_live(e->provs[i]))
+			sample1(sb, "batchd_ratelimit_rate", "provider", e->provs[i]->name,
+				e->provs[i]->tb.rate);
+}
+
+static long proc_rss_bytes(void)
+{
+	long pages = 0, rss = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+	if (f) {
+		if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+			rss = 0;
+		fclose(f);
+	}
+	return rss * sysconf(_SC_PAGESIZE);
+}
+
+static int proc_open_fds(void)
+{
+	int n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	if (!d)
+		return -1;
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1;   /* the directory's own fd */
+}
+
+static double proc_cpu_seconds(void)
+{
+	char buf[1024];
+	unsigned long ut = 0, st = 0;
+	FILE *f = fopen("/proc/self/stat", "r");
+	char *p;
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f)) {
+		fclose(f);
+		return 0;
+	}
+	fclose(f);
+	/* fields after the command name, which may hold spaces */
+	p = strrchr(buf, ')');
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return 0;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+void metrics_render(Batchd *bd, StrBuf *sb)
+{
+	Engine *e = bd->engine;
+	EngineStats st;
+	static const char *const outcomes[3] = { "succeeded", "failed", "deferred" };
+
+	engine_get_stats(e, &st);
+
+	help(sb, "batchd_info", "gauge", "Version and worker id of this process.");
+	sb_printf(sb, "batchd_info{version=\"%s\",worker=\"%s\"} 1\n", PACKAGE_VERSION,
+		  bd->worker_id);
+
+	help(sb, "batchd_items_total", "counter",
+	     "Items finished by this process, by route and outcome (deferred: back to the "
+	     "queue to wait).");
+	for (int i = 0; i < e->cfg->nroutes; i++) {
+		const RouteStats *rs = &e->route_stats[i];
+		const uint64_t v[3] = { rs->succeeded, rs->failed, rs->deferred };
+		for (int k = 0; k < 3; k++)
+			sample2(sb, "batchd_items_total", "route", e->cfg->routes[i]->name,
+				"outcome", outcomes[k], (double)v[k]);
+	}
+	help(sb, "batchd_queue_depth", "gauge",
+	     "Items queued per route (from a periodic query; -1 before the first).");
+	for (int i = 0; i < e->cfg->nroutes; i++)
+		sample1(sb, "batchd_queue_depth", "route", e->cfg->routes[i]->name,
+			(double)e->route_stats[i].queue_depth);
+
+	render_providers(e, sb);
+
+	help(sb, "batchd_inflight", "gauge", "Transfers in flight.");
+	sb_printf(sb, "batchd_inflight %d\n", st.inflight);
+	help(sb, "batchd_held_items", "gauge",
+	     "Items claimed and not finished here (in flight, waiting or backing off).");
+	sb_printf(sb, "batchd_held_items %d\n", st.held);
+	help(sb, "batchd_completions_pending", "gauge", "Outcomes not yet written to the database.");
+	sb_printf(sb, "batchd_completions_pending %d\n", st.pending);
+	help(sb, "batchd_claimed_total", "counter", "Items claimed by this process.");
+	sb_printf(sb, "batchd_claimed_total %llu\n", (unsigned long long)st.claimed);
+	help(sb, "batchd_items_recovered_total", "counter",
+	     "Items of dead workers requeued or failed by this process's reaper.");
+	sb_printf(sb, "batchd_items_recovered_total %llu\n", (unsigned long long)st.recovered);
+	help(sb, "batchd_completions_fenced_total", "counter",
+	     "Completions discarded because the item was no longer ours.");
+	sb_printf(sb, "batchd_completions_fenced_total %llu\n", (unsigned long long)st.fenced);
+	help(sb, "batchd_flushes_total", "counter", "Completion statements written.");
+	sb_printf(sb, "batchd_flushes_total %llu\n", (unsigned long long)st.flushes);
+	help(sb, "batchd_db_up", "gauge", "1 when the database connection is ready.");
+	sb_printf(sb, "batchd_db_up %d\n", engine_is_ready(e) ? 1 : 0);
+
+	help(sb, "batchd_db_query_duration_seconds", "histogram",
+	     "Time from sending a statement to its result, engine connection.");
+	{
+		DbLatency lat;
+		db_get_latency(e->db, &lat);
+		for (int b = 0; b < DB_LAT_BUCKETS; b++)
+			sb_printf(sb, "batchd_db_query_duration_seconds_bucket{le=\"%g\"} %llu\n",
+				  db_lat_bucket_le[b], (unsigned long long)lat.buckets[b]);
+		sb_printf(sb, "batchd_db_query_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+			  (unsigned long long)lat.count);
+		sb_printf(sb, "batchd_db_query_duration_seconds_sum %.9f\n", lat.sum);
+		sb_printf(sb, "batchd_db_query_duration_seconds_count %llu\n",
+			  (unsigned long long)lat.count);
+	}
+	help(sb, "batchd_loop_lag_seconds", "gauge",
+	     "Largest lateness of a 250 ms loop timer since the last scrape.");
+	sb_printf(sb, "batchd_loop_lag_seconds %.6f\n", engine_take_loop_lag(e));
+
+	help(sb, "batchd_process_resident_memory_bytes", "gauge", "Resident set size.");
+	sb_printf(sb, "batchd_process_resident_memory_bytes %ld\n", proc_rss_bytes());
+	help(sb, "batchd_process_open_fds", "gauge", "Open file descriptors.");
+	sb_printf(sb, "batchd_process_open_fds %d\n", proc_open_fds());
+	help(sb, "batchd_process_cpu_seconds_total", "counter", "User and system CPU time.");
+	sb_printf(sb, "batchd_process_cpu_seconds_total %.2f\n", proc_cpu_seconds());
+	help(sb, "batchd_process_start_time_seconds", "gauge", "Start time, seconds since the epoch.");
+	sb_printf(sb, "batchd_process_start_time_seconds %.3f\n", (double)bd->start_us / 1e6);
+}
