@@ -212,7 +212,7 @@ static int set_log_level(ConfigCtx *ctx, const ConfigKey *key, void *obj, const 
 static int set_log_format(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
 {
 	if (log_parse_format(value, FIELD(obj, key, enum LogFormat)) < 0) {
-		ctx_fail(ctx, "log_format: invalid value '%s' (expected text or json)", value);
+		ctx_fail(ctx, "log_format: invalid value '%s' (expected text, json or journal)", value);
 		return -1;
 	}
 	return 0;
@@ -998,7 +998,7 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	cfg->path = xstrdup(path);
 	cfg->max_inflight = 100;
 	cfg->log_level = LG_INFO;
-	cfg->log_format = LOGF_TEXT;
+	cfg->log_format = LOGF_AUTO;
 	cfg->shutdown_timeout_ms = 30 * 1000;
 	cfg->poll_interval_ms = 5 * 1000;
 	cfg->flush_interval_ms = 20;

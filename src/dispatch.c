@@ -79,9 +79,10 @@ static void breaker_changed(Breaker *br, enum BreakerState from, enum BreakerSta
 			    const char *reason, void *arg)
 {
 	ProvState *ps = arg;
+	LogCtx ctx = { NULL, 0, ps->name, NULL };
 
-	log_warn("provider %s: circuit breaker %s -> %s (%s)", ps->name, br_state_name(from),
-		 br_state_name(to), reason);
+	log_ctx(LG_WARN, &ctx, "provider %s: circuit breaker %s -> %s (%s)", ps->name,
+		br_state_name(from), br_state_name(to), reason);
 	if (to == BR_OPEN) {
 		evtimer_del(ps->br_timer);
 		arm_us(ps->br_timer, br_half_open_at(br) - now_monotonic_us());
@@ -452,8 +453,14 @@ static void ps_start(ProvState *ps, Job *j)
 	ps->inflight++;
 	e->ntransfers++;
 	ps->requests++;
-	log_debug("item %lld -> %s (try %d): %s %s", (long long)j->id, ps->name, j->tries,
-		  ps->cfg->method, j->url.data);
+	if (log_get_level() >= LG_DEBUG) {
+		/* no query string in logs: it may carry an API key */
+		LogCtx ctx = { j->batch_id, j->id, ps->name, j->route->name };
+		int pathlen = (int)strcspn(j->url.data, "?");
+		log_ctx(LG_DEBUG, &ctx, "item %lld -> %s (try %d): %s %.*s%s", (long long)j->id,
+			ps->name, j->tries, ps->cfg->method, pathlen, j->url.data,
+			j->url.data[pathlen] ? "?..." : "");
+	}
 }
 
 /* Let waiting jobs go as far as the provider allows. */
@@ -530,8 +537,9 @@ void dispatch_route(Engine *e, Job *j)
 	}
 	if (k != j->pidx) {
 		ProvState *from = route_ps(e, r, j->pidx);
-		log_info("item %lld: failing over from %s to %s (breaker)", (long long)j->id,
-			 r->providers[j->pidx]->name, ps->name);
+		LogCtx ctx = { j->batch_id, j->id, ps->name, r->name };
+		log_ctx(LG_INFO, &ctx, "item %lld: failing over from %s to %s (breaker)",
+			(long long)j->id, r->providers[j->pidx]->name, ps->name);
 		if (from)
 			from->failovers_from++;
 		j->pidx = k;
@@ -634,8 +642,10 @@ static bool job_failover(Engine *e, Job *j, const char *why)
 {
 	if (j->pidx + 1 >= j->route->nproviders)
 		return false;
-	log_info("item %lld: failing over from %s to %s (%s)", (long long)j->id,
-		 j->route->providers[j->pidx]->name, j->route->providers[j->pidx + 1]->name, why);
+	LogCtx ctx = { j->batch_id, j->id, j->route->providers[j->pidx + 1]->name, j->route->name };
+
+	log_ctx(LG_INFO, &ctx, "item %lld: failing over from %s to %s (%s)", (long long)j->id,
+		j->route->providers[j->pidx]->name, j->route->providers[j->pidx + 1]->name, why);
 	if (j->ps)
 		j->ps->failovers_from++;
 	j->pidx++;

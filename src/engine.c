@@ -166,7 +166,11 @@ void engine_record(Engine *e, Job *j, const char *status, long http_status,
 	}
 	rec_push(&e->pending, sb_steal(&sb));
 	sb_free(&sb);
-	log_debug("item %lld %s%s%s", (long long)j->id, status, error ? ": " : "", error ? error : "");
+	if (log_get_level() >= LG_DEBUG) {
+		LogCtx ctx = { j->batch_id, j->id, j->ps ? j->ps->name : NULL, j->route->name };
+		log_ctx(LG_DEBUG, &ctx, "item %lld %s%s%s", (long long)j->id, status,
+			error ? ": " : "", error ? error : "");
+	}
 }
 
 /*
@@ -196,8 +200,11 @@ void engine_defer(Engine *e, Job *j, int64_t delay_ms, const char *why)
 	e->st.deferred++;
 	if (rs)
 		rs->deferred++;
-	log_info("item %lld back to the queue for %lld ms: %s", (long long)j->id,
-		 (long long)delay_ms, why);
+	{
+		LogCtx ctx = { j->batch_id, j->id, j->ps ? j->ps->name : NULL, j->route->name };
+		log_ctx(LG_INFO, &ctx, "item %lld back to the queue for %lld ms: %s",
+			(long long)j->id, (long long)delay_ms, why);
+	}
 	engine_job_done(e, j);
 }
 

@@ -18,6 +18,60 @@
 
 static enum LogLevel log_level = LG_INFO;
 static enum LogFormat log_format = LOGF_TEXT;
+static log_sink_fn journal_sink;
+static char worker_id[40];
+static char **secrets;
+static int nsecrets;
+
+void log_set_journal_sink(log_sink_fn sink)
+{
+	journal_sink = sink;
+}
+
+void log_set_worker_id(const char *id)
+{
+	snprintf(worker_id, sizeof(worker_id), "%s", id ? id : "");
+}
+
+void log_add_secret(const char *value)
+{
+	/* very short values would redact ordinary words */
+	if (!value || strlen(value) < 4)
+		return;
+	for (int i = 0; i < nsecrets; i++)
+		if (strcmp(secrets[i], value) == 0)
+			return;
+	secrets = xrealloc(secrets, (size_t)(nsecrets + 1) * sizeof(char *));
+	secrets[nsecrets++] = xstrdup(value);
+}
+
+void log_clear_secrets(void)
+{
+	for (int i = 0; i < nsecrets; i++)
+		free(secrets[i]);
+	free(secrets);
+	secrets = NULL;
+	nsecrets = 0;
+}
+
+/* Replace every occurrence of every known secret in msg. */
+static void redact(StrBuf *msg)
+{
+	for (int i = 0; i < nsecrets && msg->data; i++) {
+		const char *sec = secrets[i];
+		size_t sl = strlen(sec);
+		char *p;
+		while ((p = strstr(msg->data, sec)) != NULL) {
+			StrBuf out;
+			sb_init(&out);
+			sb_append(&out, msg->data, (size_t)(p - msg->data));
+			sb_puts(&out, "[redacted]");
+			sb_puts(&out, p + sl);
+			sb_free(msg);
+			*msg = out;
+		}
+	}
+}
 
 static const char *const level_names[] = {
 	[LG_ERROR] = "error",
@@ -67,6 +121,8 @@ int log_parse_format(const char *s, enum LogFormat *out)
 		*out = LOGF_TEXT;
 	else if (s && strcasecmp(s, "json") == 0)
 		*out = LOGF_JSON;
+	else if (s && strcasecmp(s, "journal") == 0)
+		*out = LOGF_JOURNAL;
 	else
 		return -1;
 	return 0;
@@ -121,9 +177,10 @@ static void write_all(const char *p, size_t len)
 	}
 }
 
-static void log_emit(const char *name, const char *label, const char *fmt, va_list ap)
-	_PRINTF(3, 0);
-static void log_emit(const char *name, const char *label, const char *fmt, va_list ap)
+static void log_emit(enum LogLevel lvl, const char *name, const char *label, const LogCtx *ctx,
+		     const char *fmt, va_list ap) _PRINTF(5, 0);
+static void log_emit(enum LogLevel lvl, const char *name, const char *label, const LogCtx *ctx,
+		     const char *fmt, va_list ap)
 {
 	StrBuf msg, line;
 	char ts[40];
@@ -148,6 +205,17 @@ static void log_emit(const char *name, const char *label, const char *fmt, va_li
 		}
 	}
 
+	if (nsecrets) {
+		redact(&msg);
+	}
+	if (log_format == LOGF_JOURNAL && journal_sink) {
+		static const int prio[] = { 3, 4, 6, 7 };   /* err, warning, info, debug */
+		journal_sink(lvl >= LG_ERROR && lvl <= LG_DEBUG ? prio[lvl] : 2,
+			     msg.data ? msg.data : "", ctx, worker_id);
+		sb_free(&msg);
+		errno = saved_errno;
+		return;
+	}
 	if (log_format == LOGF_JSON) {
 		sb_puts(&line, "{\"ts\":\"");
 		sb_puts(&line, ts);
@@ -155,6 +223,20 @@ static void log_emit(const char *name, const char *label, const char *fmt, va_li
 		sb_puts(&line, name);
 		sb_puts(&line, "\",\"msg\":");
 		sb_put_json_string(&line, msg.data ? msg.data : "", msg.len);
+		if (worker_id[0])
+			sb_printf(&line, ",\"worker_id\":\"%s\"", worker_id);
+		if (ctx && ctx->batch_id)
+			sb_printf(&line, ",\"batch_id\":\"%s\"", ctx->batch_id);
+		if (ctx && ctx->item_id)
+			sb_printf(&line, ",\"item_id\":%lld", ctx->item_id);
+		if (ctx && ctx->provider) {
+			sb_puts(&line, ",\"provider\":");
+			sb_put_json_string(&line, ctx->provider, strlen(ctx->provider));
+		}
+		if (ctx && ctx->route) {
+			sb_puts(&line, ",\"route\":");
+			sb_put_json_string(&line, ctx->route, strlen(ctx->route));
+		}
 		sb_puts(&line, "}\n");
 	} else {
 		sb_puts(&line, ts);
@@ -162,6 +244,18 @@ static void log_emit(const char *name, const char *label, const char *fmt, va_li
 		sb_puts(&line, label);
 		sb_putc(&line, ' ');
 		put_text_escaped(&line, msg.data ? msg.data : "", msg.len);
+		if (ctx && (ctx->batch_id || ctx->item_id || ctx->provider || ctx->route)) {
+			sb_puts(&line, " [");
+			if (ctx->route)
+				sb_printf(&line, " route=%s", ctx->route);
+			if (ctx->provider)
+				sb_printf(&line, " provider=%s", ctx->provider);
+			if (ctx->batch_id)
+				sb_printf(&line, " batch=%s", ctx->batch_id);
+			if (ctx->item_id)
+				sb_printf(&line, " item=%lld", ctx->item_id);
+			sb_puts(&line, " ]");
+		}
 		sb_putc(&line, '\n');
 	}
 	write_all(line.data, line.len);
@@ -177,7 +271,18 @@ void log_msg(enum LogLevel lvl, const char *fmt, ...)
 	if (lvl > log_level || lvl < LG_ERROR)
 		return;
 	va_start(ap, fmt);
-	log_emit(level_names[lvl], level_labels[lvl], fmt, ap);
+	log_emit(lvl, level_names[lvl], level_labels[lvl], NULL, fmt, ap);
+	va_end(ap);
+}
+
+void log_ctx(enum LogLevel lvl, const LogCtx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (lvl > log_level || lvl < LG_ERROR)
+		return;
+	va_start(ap, fmt);
+	log_emit(lvl, level_names[lvl], level_labels[lvl], ctx, fmt, ap);
 	va_end(ap);
 }
 
@@ -186,7 +291,7 @@ void fatal(const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	log_emit("fatal", "FATAL", fmt, ap);
+	log_emit(LG_ERROR, "fatal", "FATAL", NULL, fmt, ap);
 	va_end(ap);
 	abort();
 }

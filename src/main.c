@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +45,52 @@ static void usage(FILE *f)
 		"  -h, --help          this help\n"
 		"\n"
 		"BATCHD_DATABASE overrides the database setting.\n", DEFAULT_CONFIG);
+}
+
+/* Resolve log_format = auto, and teach the logger the provider secrets. */
+static void apply_log_settings(const Config *cfg)
+{
+	enum LogFormat f = cfg->log_format;
+
+	if (f == LOGF_AUTO)
+		f = sdn_stderr_is_journal() ? LOGF_JOURNAL : LOGF_TEXT;
+	log_set_level(cfg->log_level);
+	log_set_format(f);
+	log_clear_secrets();
+	for (int i = 0; i < cfg->nproviders; i++) {
+		const Provider *p = cfg->providers[i];
+		for (int h = 0; h < p->nheaders; h++) {
+			const char *hdr = p->headers[h];
+			const char *colon = strchr(hdr, ':');
+			bool secret;
+			char name[128], *val, *sp;
+			size_t nl;
+
+			if (!colon)
+				continue;
+			nl = (size_t)(colon - hdr);
+			if (nl >= sizeof(name))
+				continue;
+			memcpy(name, hdr, nl);
+			name[nl] = '\0';
+			secret = strcasecmp(name, "authorization") == 0 ||
+				strcasecmp(name, "proxy-authorization") == 0;
+			for (int k = 0; k < p->nsecret_headers && !secret; k++)
+				secret = strcasecmp(name, p->secret_headers[k]) == 0;
+			if (!secret)
+				continue;
+			val = xstrdup(colon + 1);
+			str_trim(val);
+			/* the literal part only: {field} parts vary per item */
+			if (!strchr(val, '{')) {
+				log_add_secret(val);
+				sp = strrchr(val, ' ');
+				if (sp)
+					log_add_secret(sp + 1);   /* the token of "Bearer TOKEN" */
+			}
+			free(val);
+		}
+	}
 }
 
 static Config *load_config(const char *path)
@@ -120,8 +167,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	if (!nc) {
 		log_error("reload failed, keeping the running configuration: %s", err);
 	} else {
-		log_set_level(nc->log_level);
-		log_set_format(nc->log_format);
+		apply_log_settings(nc);
 		engine_reload(bd->engine, nc);
 	}
 	sdn_ready("reloaded");
@@ -173,6 +219,8 @@ static int run_daemon(Config *cfg)
 	bd->cfg = cfg;
 	bd->start_us = now_realtime_us();
 	make_worker_id(bd->worker_id, sizeof(bd->worker_id));
+	log_set_worker_id(bd->worker_id);
+	log_set_journal_sink(sdn_journal_sink);
 	if (gethostname(bd->hostname, sizeof(bd->hostname) - 1) != 0)
 		snprintf(bd->hostname, sizeof(bd->hostname), "unknown");
 	srandom((unsigned)(time(NULL) ^ getpid()));
@@ -302,8 +350,7 @@ int main(int argc, char **argv)
 	cfg = load_config(path);
 	if (!cfg)
 		return 2;
-	log_set_level(cfg->log_level);
-	log_set_format(cfg->log_format);
+	apply_log_settings(cfg);
 
 	if (check) {
 		printf("%s: configuration ok (%d provider(s), %d route(s))\n", path,

@@ -7,11 +7,17 @@
  * stops the pings on purpose, so systemd restarts us.
  */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 #include <time.h>
 #include <systemd/sd-daemon.h>
+#include <systemd/sd-journal.h>
 
-#include "batchd/sd.h"
 #include "batchd/log.h"
+#include "batchd/sd.h"
 
 static struct event *wd_timer;
 static uint64_t wd_usec;
@@ -74,6 +80,53 @@ void sdn_stop(void)
 		event_free(wd_timer);
 		wd_timer = NULL;
 	}
+}
+
+bool sdn_stderr_is_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+
+	if (!js || sscanf(js, "%llu:%llu", &dev, &ino) != 2)
+		return false;
+	if (fstat(STDERR_FILENO, &st) != 0)
+		return false;
+	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+void sdn_journal_sink(int priority, const char *msg, const struct LogCtx *ctx,
+		      const char *worker_id)
+{
+	char f[7][128];
+	struct iovec iov[9];
+	int n = 0;
+	char *m;
+	size_t ml = strlen(msg) + sizeof("MESSAGE=");
+
+	m = malloc(ml);
+	if (!m)
+		return;
+	snprintf(m, ml, "MESSAGE=%s", msg);
+	iov[n].iov_base = m;
+	iov[n++].iov_len = strlen(m);
+#define FIELD(i, ...) do { snprintf(f[i], sizeof(f[i]), __VA_ARGS__); \
+		iov[n].iov_base = f[i]; iov[n++].iov_len = strlen(f[i]); } while (0)
+	FIELD(0, "PRIORITY=%d", priority);
+	FIELD(1, "SYSLOG_IDENTIFIER=batchd");
+	if (worker_id && *worker_id)
+		FIELD(2, "WORKER_ID=%s", worker_id);
+	if (ctx && ctx->batch_id)
+		FIELD(3, "BATCH_ID=%s", ctx->batch_id);
+	if (ctx && ctx->item_id)
+		FIELD(4, "ITEM_ID=%lld", ctx->item_id);
+	if (ctx && ctx->provider)
+		FIELD(5, "PROVIDER=%s", ctx->provider);
+	if (ctx && ctx->route)
+		FIELD(6, "ROUTE=%s", ctx->route);
+#undef FIELD
+	sd_journal_sendv(iov, n);
+	free(m);
 }
 
 int sdn_listen_fds(void)

@@ -16,6 +16,13 @@ void sdn_status(const char *status);
 void sdn_reloading(void);
 void sdn_stopping(void);
 void sdn_stop(void);
+/* The log sink for log_format = journal (structured fields). */
+struct LogCtx;
+void sdn_journal_sink(int priority, const char *msg, const struct LogCtx *ctx,
+		      const char *worker_id);
+/* True when stderr is connected to the journal (JOURNAL_STREAM). */
+bool sdn_stderr_is_journal(void);
+
 /* Listening sockets passed by systemd (socket activation): count, fds from 3. */
 int sdn_listen_fds(void);
 

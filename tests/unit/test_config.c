@@ -193,7 +193,7 @@ static void test_defaults(void **state)
 	assert_null(cfg->listen);
 	assert_int_equal(cfg->max_inflight, 100);
 	assert_int_equal(cfg->log_level, LG_INFO);
-	assert_int_equal(cfg->log_format, LOGF_TEXT);
+	assert_int_equal(cfg->log_format, LOGF_AUTO);
 	assert_int_equal(cfg->shutdown_timeout_ms, 30000);
 	assert_int_equal(cfg->poll_interval_ms, 5000);
 	assert_int_equal(cfg->flush_interval_ms, 20);
@@ -819,7 +819,7 @@ static void test_errors_values(void **state)
 	load_err("[batchd]\ndatabase = x\nlog_level = verbose\n", 3,
 		 "log_level: invalid value 'verbose' (expected error, warn, info or debug)");
 	load_err("[batchd]\ndatabase = x\nlog_format = xml\n", 3,
-		 "log_format: invalid value 'xml' (expected text or json)");
+		 "log_format: invalid value 'xml' (expected text, json or journal)");
 	load_err("[batchd]\ndatabase = x\nlisten = 8080\n", 3,
 		 "listen: invalid address '8080' (expected HOST:PORT or [IPV6]:PORT)");
 	load_err("[batchd]\ndatabase = x\nlisten = ::1:8080\n", 3,

@@ -399,6 +399,70 @@ static void test_log_json(void **state)
 	free(out);
 }
 
+static void log_secret_lines(void)
+{
+	LogCtx ctx = { "b-1", 42, "prov", "r1" };
+
+	log_add_secret("Bearer s3cr3t-token");
+	log_add_secret("s3cr3t-token");
+	log_add_secret("abc");   /* too short to redact safely: ignored */
+	log_set_format(LOGF_JSON);
+	log_set_worker_id("w-9");
+	log_ctx(LG_WARN, &ctx, "sent Bearer s3cr3t-token then s3cr3t-token, abc");
+	log_set_format(LOGF_TEXT);
+	log_ctx(LG_WARN, &ctx, "x s3cr3t-token");
+	log_set_worker_id("");
+	log_clear_secrets();
+	log_info("s3cr3t-token");
+}
+
+static void test_log_secrets_and_context(void **state)
+{
+	char *out = capture_stderr(log_secret_lines);
+	char *l2 = strchr(out, '\n') + 1;
+	char *l3 = strchr(l2, '\n') + 1;
+
+	assert_null(strstr(out, "s3cr3t") < l3 ? strstr(out, "s3cr3t") : NULL);
+	assert_non_null(strstr(out, "\"msg\":\"sent [redacted] then [redacted], abc\","
+			       "\"worker_id\":\"w-9\",\"batch_id\":\"b-1\",\"item_id\":42,"
+			       "\"provider\":\"prov\",\"route\":\"r1\"}\n"));
+	assert_non_null(strstr(l2, "WARN x [redacted] [ route=r1 provider=prov batch=b-1 item=42 ]\n"));
+	/* cleared: shown again */
+	assert_non_null(strstr(l3, "INFO s3cr3t-token\n"));
+	free(out);
+}
+
+static int sink_prio;
+static char sink_msg[256], sink_batch[64], sink_worker[64];
+
+static void fake_sink(int priority, const char *msg, const LogCtx *ctx, const char *worker)
+{
+	sink_prio = priority;
+	snprintf(sink_msg, sizeof(sink_msg), "%s", msg);
+	snprintf(sink_batch, sizeof(sink_batch), "%s", ctx && ctx->batch_id ? ctx->batch_id : "");
+	snprintf(sink_worker, sizeof(sink_worker), "%s", worker);
+}
+
+static void test_log_journal_sink(void **state)
+{
+	LogCtx ctx = { "b-2", 0, NULL, NULL };
+	enum LogFormat f = LOGF_TEXT;
+
+	assert_int_equal(log_parse_format("journal", &f), 0);
+	assert_int_equal(f, LOGF_JOURNAL);
+	log_set_journal_sink(fake_sink);
+	log_set_worker_id("w-1");
+	log_set_format(LOGF_JOURNAL);
+	log_ctx(LG_ERROR, &ctx, "failed %d", 3);
+	log_set_format(LOGF_TEXT);
+	log_set_journal_sink(NULL);
+	log_set_worker_id("");
+	assert_int_equal(sink_prio, 3);
+	assert_string_equal(sink_msg, "failed 3");
+	assert_string_equal(sink_batch, "b-2");
+	assert_string_equal(sink_worker, "w-1");
+}
+
 static void test_log_parse(void **state)
 {
 	enum LogLevel l = LG_ERROR;
@@ -424,6 +488,8 @@ static void test_log_parse(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_log_secrets_and_context),
+		cmocka_unit_test(test_log_journal_sink),
 		cmocka_unit_test(test_duration),
 		cmocka_unit_test(test_size),
 		cmocka_unit_test(test_rate),
