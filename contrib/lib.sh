@@ -18,6 +18,13 @@ BD_PACKAGES=(
 	curl
 )
 
+# Only for the test suite (contrib/check): promtool checks the /metrics
+# exposition, systemd-analyze the unit files, clang's libFuzzer the parsers,
+# valgrind the daemon's memory, mandoc the man pages.
+BD_TEST_PACKAGES=(
+	prometheus systemd clang libclang-rt-14-dev valgrind mandoc man-db
+)
+
 bd_say() { printf '==> %s\n' "$*" >&2; }
 
 bd_as_root() {
@@ -31,10 +38,10 @@ bd_as_root() {
 	fi
 }
 
-# Packages from BD_PACKAGES that are not fully installed.
+# Packages from BD_PACKAGES (and the extra ones given) that are not fully installed.
 bd_missing_packages() {
 	local p status
-	for p in "${BD_PACKAGES[@]}"; do
+	for p in "${BD_PACKAGES[@]}" "$@"; do
 		status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
 		[ "$status" = installed ] || printf '%s\n' "$p"
 	done
@@ -42,7 +49,7 @@ bd_missing_packages() {
 
 bd_install_deps() {
 	local missing
-	missing=$(bd_missing_packages)
+	missing=$(bd_missing_packages "$@")
 	if [ -z "$missing" ]; then
 		bd_say "Debian packages: all installed"
 		return 0

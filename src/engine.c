@@ -250,7 +250,8 @@ static void engine_maybe_flush(Engine *e, bool force)
 
 	params[0] = e->bd->worker_id;
 	params[1] = sb.data;
-	if (db_query(e->db, "SELECT applied, fenced FROM batchd.complete_items($1::uuid, $2::jsonb)",
+	if (db_query(e->db, "SELECT applied, fenced, finished FROM batchd.record_completions("
+		     "$1::uuid, $2::jsonb)",
 		     2, params, flush_done, e) < 0) {
 		/* not connected: keep them for after the reconnect */
 		rec_prepend(&e->pending, &e->flushing);
@@ -278,6 +279,43 @@ static char *record_unstorable(const char *rec, const char *why)
 	sb_printf(&sb, ",\"provider\":null,\"finished_at\":\"%s\",\"unstorable\":true}", ts);
 	yajl_tree_free(v);
 	return sb_steal(&sb);
+}
+
+/* Info summary of each batch this flush finished (exactly one worker
+ * finishes a batch, so each is logged once). */
+static void log_batches_finished(const char *json)
+{
+	yajl_val arr = yajl_tree_parse(json, NULL, 0);
+
+	if (!arr || !YAJL_IS_ARRAY(arr)) {
+		yajl_tree_free(arr);
+		return;
+	}
+	for (size_t i = 0; i < YAJL_GET_ARRAY(arr)->len; i++) {
+		yajl_val b = YAJL_GET_ARRAY(arr)->values[i];
+		yajl_val id = json_get_path(b, "id"), route = json_get_path(b, "route");
+		yajl_val status = json_get_path(b, "status"), name = json_get_path(b, "name");
+		yajl_val total = json_get_path(b, "total"), ok = json_get_path(b, "succeeded");
+		yajl_val failed = json_get_path(b, "failed"), secs = json_get_path(b, "seconds");
+		yajl_val canc = json_get_path(b, "cancelled");
+		LogCtx ctx = { YAJL_IS_STRING(id) ? YAJL_GET_STRING(id) : NULL, 0, NULL,
+			       YAJL_IS_STRING(route) ? YAJL_GET_STRING(route) : NULL };
+		double s = secs && YAJL_IS_NUMBER(secs) ? YAJL_GET_DOUBLE(secs) : 0;
+		long long t = total && YAJL_IS_INTEGER(total) ? YAJL_GET_INTEGER(total) : 0;
+
+		log_ctx(LG_INFO, &ctx, "batch %s%s%s%s %s: %lld item(s), %lld succeeded, %lld failed, "
+			"%lld cancelled, in %.3f s (%.1f items/s)",
+			ctx.batch_id ? ctx.batch_id : "?",
+			name && YAJL_IS_STRING(name) ? " (" : "",
+			name && YAJL_IS_STRING(name) ? YAJL_GET_STRING(name) : "",
+			name && YAJL_IS_STRING(name) ? ")" : "",
+			status && YAJL_IS_STRING(status) ? YAJL_GET_STRING(status) : "?", t,
+			ok && YAJL_IS_INTEGER(ok) ? YAJL_GET_INTEGER(ok) : 0,
+			failed && YAJL_IS_INTEGER(failed) ? YAJL_GET_INTEGER(failed) : 0,
+			canc && YAJL_IS_INTEGER(canc) ? YAJL_GET_INTEGER(canc) : 0, s,
+			s > 0 ? (double)t / s : 0.0);
+	}
+	yajl_tree_free(arr);
 }
 
 static void flush_done(PGresult *res, void *arg)
@@ -318,6 +356,8 @@ static void flush_done(PGresult *res, void *arg)
 			log_warn("%d completion(s) discarded: items no longer running under this worker",
 				 fenced);
 		log_debug("flushed %d completions (%d applied, %d fenced)", e->flushing.n, applied, fenced);
+		if (!PQgetisnull(res, 0, 2))
+			log_batches_finished(PQgetvalue(res, 0, 2));
 		rec_clear(&e->flushing);
 		if (e->isolate && e->pending.n == 0)
 			e->isolate = false;
@@ -830,11 +870,54 @@ static void depth_cb(evutil_socket_t fd, short what, void *arg)
 	const char *params[1];
 
 	arm_ms(e->depth_timer, 15000);
-	if (!e->setup_done)
+	if (!e->setup_done || !db_is_ready(e->mdb))
 		return;
 	params[0] = e->routes_param;
-	if (db_query(e->db, "SELECT route, count(*) FROM batchd.items WHERE status = 'queued' "
+	if (db_query(e->mdb, "SELECT route, count(*) FROM batchd.items WHERE status = 'queued' "
 		     "AND route = ANY ($1::text[]) GROUP BY route", 1, params, depth_done, e) < 0)
+		return;
+}
+
+/* --------------------------------------------------------------- retention */
+
+static void retention_done(PGresult *res, void *arg)
+{
+	Engine *e = arg;
+	int n;
+
+	if (!res)
+		return;
+	if (!db_result_ok(res)) {
+		log_error("retention: deleting old batches failed: %s", db_result_error(res));
+		return;
+	}
+	n = atoi(PQgetvalue(res, 0, 0));
+	e->st.purged += (uint64_t)n;
+	if (n > 0) {
+		log_info("retention: deleted %d finished batch(es) older than %lld s", n,
+			 (long long)(e->cfg->retention_ms / 1000));
+		/* a full chunk: more may be waiting, continue soon */
+		if (n >= 20)
+			arm_ms(e->retention_timer, 200);
+	}
+}
+
+/* retention = AGE: delete finished batches older than AGE, a chunk at a
+ * time on the maintenance connection, so claims never wait behind it. */
+static void retention_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Engine *e = arg;
+	char age[24];
+	const char *params[1];
+
+	arm_ms(e->retention_timer, 60000);
+	if (e->cfg->retention_ms <= 0 || !e->setup_done || e->stop != STOP_NONE ||
+	    !db_is_ready(e->mdb))
+		return;
+	snprintf(age, sizeof(age), "%lld", (long long)e->cfg->retention_ms);
+	params[0] = age;
+	if (db_query(e->mdb, "SELECT batchd.purge_finished($1::bigint)", 1, params,
+		     retention_done, e) < 0)
 		return;
 }
 
@@ -877,12 +960,12 @@ static void reaper_cb(evutil_socket_t fd, short what, void *arg)
 		random() % (e->cfg->heartbeat_interval_ms + 1);
 
 	arm_ms(e->reaper_timer, next);
-	if (!e->setup_done || e->stop != STOP_NONE)
+	if (!e->setup_done || e->stop != STOP_NONE || !db_is_ready(e->mdb))
 		return;
 	snprintf(lease, sizeof(lease), "%lld", (long long)e->cfg->lease_timeout_ms);
 	params[0] = e->bd->worker_id;
 	params[1] = lease;
-	if (db_query(e->db, "SELECT workers, requeued, failed FROM batchd.reap_workers($1::uuid, "
+	if (db_query(e->mdb, "SELECT workers, requeued, failed FROM batchd.reap_workers($1::uuid, "
 		     "$2::bigint)", 2, params, reap_done, e) < 0)
 		return;
 }
@@ -903,6 +986,7 @@ static void deregister_done(PGresult *res, void *arg)
 			 e->bd->worker_id, PQgetvalue(res, 0, 0));
 	e->stop = STOP_DONE;
 	evtimer_del(e->stop_timer);
+	db_close(e->mdb);
 	batchd_engine_stopped(e->bd, db_result_ok(res) ? 0 : 1);
 }
 
@@ -967,6 +1051,7 @@ void engine_stop(Engine *e, bool immediate)
 	evtimer_del(e->heartbeat_timer);
 	evtimer_del(e->reaper_timer);
 	evtimer_del(e->depth_timer);
+	evtimer_del(e->retention_timer);
 	if (!e->ever_ready && !e->setup_done) {
 		/* never got going: nothing to release */
 		e->stop = STOP_DONE;
@@ -1066,6 +1151,9 @@ Engine *engine_new(Batchd *bd)
 	e->reaper_timer = evtimer_new(bd->base, reaper_cb, e);
 	e->lag_timer = evtimer_new(bd->base, lag_cb, e);
 	e->depth_timer = evtimer_new(bd->base, depth_cb, e);
+	e->retention_timer = evtimer_new(bd->base, retention_cb, e);
+	/* housekeeping (reaper, queue depth, retention) has its own connection */
+	e->mdb = db_new(bd->base, bd->cfg->database, "db-maint", NULL, e);
 	e->stop_timer = evtimer_new(bd->base, stop_timer_cb, e);
 	dispatch_init(e);
 	build_claim_params(e);
@@ -1075,6 +1163,8 @@ Engine *engine_new(Batchd *bd)
 void engine_start(Engine *e)
 {
 	db_start(e->db);
+	db_start(e->mdb);
+	arm_ms(e->retention_timer, 5000);
 	arm_ms(e->poll_timer, e->cfg->poll_interval_ms);
 	arm_ms(e->heartbeat_timer, e->cfg->heartbeat_interval_ms);
 	arm_ms(e->reaper_timer, e->cfg->heartbeat_interval_ms);
@@ -1089,6 +1179,8 @@ void engine_free(Engine *e)
 		return;
 	dispatch_abort_all(e);
 	db_free(e->db);
+	db_free(e->mdb);
+	event_free(e->retention_timer);
 	http_free(e->http);
 	dispatch_free(e);
 	event_free(e->flush_timer);

@@ -22,7 +22,8 @@ typedef struct EngineStats {
 	uint64_t fenced;
 	uint64_t deferred;         /* back to the queue to wait (retry, breakers) */
 	uint64_t flushes;
-	uint64_t recovered;        /* items of dead workers requeued or failed by us */
+	uint64_t recovered;
+	uint64_t purged;           /* batches deleted by retention */        /* items of dead workers requeued or failed by us */
 	int inflight;              /* transfers running */
 	int held;                  /* items claimed and not yet finished here */
 	int pending;               /* completions not yet recorded */

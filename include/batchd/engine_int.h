@@ -171,6 +171,8 @@ struct Engine {
 	struct event *reaper_timer;
 	struct event *lag_timer;
 	struct event *depth_timer;
+	struct event *retention_timer;
+	Db *mdb;                  /* maintenance connection */
 	int64_t lag_expected_us;
 	double lag_max_s;
 	int64_t db_down_since_us;  /* monotonic; 0 while the database is up */
