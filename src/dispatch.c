@@ -94,8 +94,15 @@ static void breaker_changed(Breaker *br, enum BreakerState from, enum BreakerSta
 static void br_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	ProvState *ps = arg;
-	if (br_tick(&ps->br, now_monotonic_us()))
+	int64_t now = now_monotonic_us();
+
+	if (br_tick(&ps->br, now)) {
 		ps_wake(ps);
+	} else if (ps->br.state == BR_OPEN) {
+		/* libevent's clock may fire a few ms early: wait out the rest */
+		int64_t left = br_half_open_at(&ps->br) - now;
+		arm_us(ps->br_timer, left > 1000 ? left : 1000);
+	}
 }
 
 static void wake_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -470,7 +477,10 @@ static void ps_wake(ProvState *ps)
 	int64_t wait;
 
 	evtimer_del(ps->wake_timer);
+	br_tick(&ps->br, now);
 	while (ps->qhead) {
+		if (!ps->removed && ps->br.state == BR_HALF_OPEN && ps->br.probe_inflight)
+			return;   /* the probe's outcome decides; its end wakes us */
 		if (ps->removed || !br_admits(&ps->br)) {
 			/* breaker open (or probe out): everybody here moves on */
 			Job *j = q_pop(ps);
@@ -507,9 +517,25 @@ void dispatch_route(Engine *e, Job *j)
 	}
 	for (k = j->pidx; k < r->nproviders; k++) {
 		ProvState *cand = route_ps(e, r, k);
+		if (cand)
+			br_tick(&cand->br, now);   /* cooldown over: half-open now */
 		if (cand && br_admits(&cand->br)) {
 			ps = cand;
 			break;
+		}
+	}
+	if (!ps) {
+		/* a probe is out: wait here for its outcome rather than defer */
+		for (k = j->pidx; k < r->nproviders; k++) {
+			ProvState *cand = route_ps(e, r, k);
+			if (cand && cand->br.state == BR_HALF_OPEN) {
+				if (k != j->pidx) {
+					j->pidx = k;
+					j->tries = 0;
+				}
+				q_push(cand, j);
+				return;
+			}
 		}
 	}
 	if (!ps) {

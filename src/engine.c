@@ -361,6 +361,9 @@ static void flush_done(PGresult *res, void *arg)
 		rec_clear(&e->flushing);
 		if (e->isolate && e->pending.n == 0)
 			e->isolate = false;
+		/* completions free group slots: items held back may go now */
+		if (e->have_groups && applied > 0)
+			e->more_work = true;
 	}
 	if (e->stop == STOP_FLUSHING) {
 		stop_progress(e);
@@ -453,6 +456,11 @@ static void claim_done(PGresult *res, void *arg)
 	/* a full claim means there is probably more; so does a NOTIFY that
 	 * arrived while the claim was running */
 	e->more_work = n >= e->claim_asked || e->wake_seq != e->claim_wake_seq;
+	if (e->have_groups && n < e->claim_asked && !evtimer_pending(e->group_timer, NULL)) {
+		/* group limits may have held items back: their spacing ends on its
+		 * own, with no NOTIFY, so look again after the shortest interval */
+		arm_ms(e->group_timer, e->group_recheck_ms);
+	}
 	if (e->stop != STOP_NONE) {
 		/* claimed during stop: deregister releases them, untouched */
 		return;
@@ -541,6 +549,13 @@ static void engine_maybe_claim(Engine *e)
 	e->claim_asked = cap;
 	e->claim_wake_seq = e->wake_seq;
 	e->urgent = false;
+}
+
+static void group_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Engine *e = arg;
+	e->more_work = true;
+	engine_maybe_claim(e);
 }
 
 static void wake(Engine *e)
@@ -1052,6 +1067,7 @@ void engine_stop(Engine *e, bool immediate)
 	evtimer_del(e->reaper_timer);
 	evtimer_del(e->depth_timer);
 	evtimer_del(e->retention_timer);
+	evtimer_del(e->group_timer);
 	if (!e->ever_ready && !e->setup_done) {
 		/* never got going: nothing to release */
 		e->stop = STOP_DONE;
@@ -1115,6 +1131,7 @@ static void build_claim_params(Engine *e)
 	sb_putc(&gc, '{');
 	sb_putc(&gi, '{');
 	e->have_groups = false;
+	e->group_recheck_ms = 1000;   /* concurrency-only: slots freed elsewhere */
 	for (int i = 0; i < e->cfg->nroutes; i++) {
 		const Route *rt = e->cfg->routes[i];
 		array_text(&r, rt->name);
@@ -1123,6 +1140,10 @@ static void build_claim_params(Engine *e)
 			sb_printf(&gc, "%s%d", e->have_groups ? "," : "", rt->group_concurrency);
 			sb_printf(&gi, "%s%.3f", e->have_groups ? "," : "",
 				  rt->group_rate > 0 ? 1000.0 / rt->group_rate : 0.0);
+			if (rt->group_rate > 0 && 1000.0 / rt->group_rate < e->group_recheck_ms)
+				e->group_recheck_ms = (int64_t)(1000.0 / rt->group_rate);
+			if (e->group_recheck_ms < 20)
+				e->group_recheck_ms = 20;
 			e->have_groups = true;
 		}
 	}
@@ -1152,6 +1173,7 @@ Engine *engine_new(Batchd *bd)
 	e->lag_timer = evtimer_new(bd->base, lag_cb, e);
 	e->depth_timer = evtimer_new(bd->base, depth_cb, e);
 	e->retention_timer = evtimer_new(bd->base, retention_cb, e);
+	e->group_timer = evtimer_new(bd->base, group_timer_cb, e);
 	/* housekeeping (reaper, queue depth, retention) has its own connection */
 	e->mdb = db_new(bd->base, bd->cfg->database, "db-maint", NULL, e);
 	e->stop_timer = evtimer_new(bd->base, stop_timer_cb, e);
@@ -1181,6 +1203,7 @@ void engine_free(Engine *e)
 	db_free(e->db);
 	db_free(e->mdb);
 	event_free(e->retention_timer);
+	event_free(e->group_timer);
 	http_free(e->http);
 	dispatch_free(e);
 	event_free(e->flush_timer);

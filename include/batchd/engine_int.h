@@ -172,6 +172,8 @@ struct Engine {
 	struct event *lag_timer;
 	struct event *depth_timer;
 	struct event *retention_timer;
+	struct event *group_timer;
+	int64_t group_recheck_ms;
 	Db *mdb;                  /* maintenance connection */
 	int64_t lag_expected_us;
 	double lag_max_s;
