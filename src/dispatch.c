@@ -62,7 +62,7 @@ static void set_last_error(Job *j, const char *err, long status)
 static void sec_count(ProvState *ps, bool error)
 {
 	int64_t sec = now_monotonic_us() / 1000000;
-	int slot = (int)(sec % 60);
+	int slot = (int)(sec % PROVIDER_HISTORY_S);
 	if (ps->sec_stamp[slot] != sec) {
 		ps->sec_stamp[slot] = sec;
 		ps->sec_req[slot] = 0;
@@ -158,6 +158,43 @@ void dispatch_free(Engine *e)
 	free(e->route_stats);
 	e->provs = NULL;
 	e->nprovs = 0;
+}
+
+bool engine_provider_stats(Engine *e, const char *name, ProviderStats *out)
+{
+	ProvState *ps = dispatch_find(e, name);
+	int64_t now = now_monotonic_us(), sec = now / 1000000;
+	uint64_t req = 0, err = 0;
+
+	if (!ps || ps->removed)
+		return false;
+	memset(out, 0, sizeof(*out));
+	br_tick(&ps->br, now);
+	out->breaker_state = br_state_name(ps->br.state);
+	out->half_open_in_ms = ps->br.state == BR_OPEN ?
+		(br_half_open_at(&ps->br) - now) / 1000 : -1;
+	if (out->half_open_in_ms < -1)
+		out->half_open_in_ms = 0;
+	out->failures = ps->br.failures;
+	out->tokens = tb_available(&ps->tb, now);
+	out->rate_share = ps->tb.rate;
+	out->inflight = ps->inflight;
+	out->queued = ps->nqueued;
+	out->paused_ms = ps->paused_until > now ? (ps->paused_until - now) / 1000 : 0;
+	out->requests = ps->requests;
+	for (int k = 0; k < PROVIDER_HISTORY_S; k++) {
+		int64_t s = sec - (PROVIDER_HISTORY_S - 1) + k;
+		int slot = (int)(s % PROVIDER_HISTORY_S);
+		uint32_t n = ps->sec_stamp[slot] == s ? ps->sec_req[slot] : 0;
+		out->per_second[k] = n;
+		if (k >= PROVIDER_HISTORY_S - 60) {
+			req += n;
+			err += ps->sec_stamp[slot] == s ? ps->sec_err[slot] : 0;
+		}
+	}
+	out->req_per_s = (double)req / 60.0;
+	out->error_ratio = req ? (double)err / (double)req : 0.0;
+	return true;
 }
 
 ProvState *dispatch_find(Engine *e, const char *name)

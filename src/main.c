@@ -19,13 +19,16 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/http.h>
 
 #include "batchd/batchd.h"
 #include "batchd/api.h"
 #include "batchd/config.h"
 #include "batchd/engine.h"
 #include "batchd/log.h"
+#include "batchd/metrics.h"
 #include "batchd/migrate.h"
 #include "batchd/sd.h"
 
@@ -173,6 +176,36 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 	sdn_ready("reloaded");
 }
 
+/* GET /metrics: Prometheus text format 0.0.4, no token. */
+static void handle_metrics(struct evhttp_request *req, void *arg)
+{
+	Batchd *bd = arg;
+	struct evbuffer *buf;
+	StrBuf sb;
+	enum evhttp_cmd_type m = evhttp_request_get_command(req);
+
+	if (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+				  "application/json");
+		buf = evbuffer_new();
+		evbuffer_add_printf(buf, "{\"error\":{\"code\":\"method_not_allowed\","
+				    "\"message\":\"/metrics accepts GET and HEAD\"}}\n");
+		evhttp_send_reply(req, 405, "Method Not Allowed", buf);
+		evbuffer_free(buf);
+		return;
+	}
+	sb_init(&sb);
+	metrics_render(bd, &sb);
+	buf = evbuffer_new();
+	evbuffer_add(buf, sb.data, sb.len);
+	sb_free(&sb);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_send_reply(req, 200, "OK", buf);
+	evbuffer_free(buf);
+}
+
 static bool healthy(void *arg)
 {
 	Batchd *bd = arg;
@@ -242,7 +275,9 @@ static int run_daemon(Config *cfg)
 		 bd->hostname, (int)getpid());
 
 	bd->engine = engine_new(bd);
-	if (cfg->listen) {
+	/* socket activation: systemd's listeners replace listen */
+	bd->listen_fds = sdn_listen_fds();
+	if (cfg->listen || bd->listen_fds > 0) {
 		bd->api = api_new(bd, err, sizeof(err));
 		if (!bd->api) {
 			log_error("%s", err);
@@ -262,6 +297,8 @@ static int run_daemon(Config *cfg)
 	bd->status_timer = evtimer_new(bd->base, status_cb, bd);
 	evtimer_add(bd->status_timer, &tv5);
 	sdn_start(bd->base, healthy, bd);
+	if (bd->api && api_add_handler(bd->api, "/metrics", handle_metrics, bd) < 0)
+		log_error("cannot serve /metrics");
 
 	engine_start(bd->engine);
 	event_base_dispatch(bd->base);

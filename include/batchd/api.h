@@ -1,15 +1,36 @@
 /*
- * api.h - the evhttp server: health and readiness for now (the REST API
- * arrives with its own issue).
+ * api.h - the evhttp server on the main loop: health and readiness, and the
+ * REST API under /v1 (bearer tokens, one tenant per token; see api.c for the
+ * endpoints and how requests, streams and vanished clients are handled).
  */
 #ifndef BATCHD_API_H
 #define BATCHD_API_H
 
+#include <stdint.h>
+
 #include "batchd/batchd.h"
 
-/* Bind cfg->listen; returns NULL with err on failure. */
+struct evhttp_request;
+
+typedef struct ApiStats {
+	int requests;          /* requests in progress */
+	int streams;           /* results streams open */
+	int db_ready;          /* API database connections up */
+	int db_total;
+	uint64_t answered[6];  /* answers sent, by status class: [2] 2xx ... [5] 5xx */
+} ApiStats;
+
+/* Bind cfg->listen and start the API's database connections; returns NULL
+ * with err on failure. */
 Api *api_new(Batchd *bd, char *err, size_t errlen);
+/* Close everything: requests in progress are dropped, streams cut. */
 void api_free(Api *api);
+
+/* Serve an exact path (no token checked), e.g. "/metrics". 0 or -1. */
+int api_add_handler(Api *api, const char *path,
+		    void (*cb)(struct evhttp_request *req, void *arg), void *arg) _MUSTCHECK;
+
+void api_get_stats(const Api *api, ApiStats *out);
 
 /* Split "host:port" / "[v6]:port" into parts; 0 or -1. */
 int api_parse_listen(const char *listen, char *host, size_t hostlen, int *port) _MUSTCHECK;

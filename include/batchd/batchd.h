@@ -22,6 +22,7 @@ typedef struct Batchd {
 	bool ready_sent;           /* READY=1 sent to systemd */
 	int64_t start_us;          /* realtime */
 	struct event *status_timer;
+	int listen_fds;            /* sockets passed by systemd (from fd 3) */
 	int exit_code;
 } Batchd;
 

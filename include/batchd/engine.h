@@ -47,6 +47,24 @@ double engine_take_loop_lag(Engine *e);
 /* Healthy for the systemd watchdog: database away no longer than the grace. */
 bool engine_healthy(const Engine *e);
 int engine_breakers_open(const Engine *e);
+
+/* Live figures of one provider, for /v1/status and the status page. */
+#define PROVIDER_HISTORY_S 180
+typedef struct ProviderStats {
+	const char *breaker_state;   /* "closed", "open", "half_open" */
+	int64_t half_open_in_ms;     /* open: time to half-open; else -1 */
+	int failures;                /* consecutive transient failures */
+	double tokens;
+	double rate_share;           /* this worker's rate, requests/s (0: unlimited) */
+	int inflight;
+	int queued;
+	double req_per_s;            /* over the last 60 s */
+	double error_ratio;          /* failed / requests over the last 60 s */
+	int64_t paused_ms;           /* Retry-After pause left */
+	uint64_t requests;
+	uint32_t per_second[PROVIDER_HISTORY_S];   /* oldest first, last = now */
+} ProviderStats;
+bool engine_provider_stats(Engine *e, const char *provider, ProviderStats *out);
 /* Apply a new configuration (SIGHUP); the engine takes ownership. */
 void engine_reload(Engine *e, Config *cfg);
 

@@ -100,10 +100,10 @@ struct ProvState {
 	uint64_t lat_count;
 	double lat_sum;
 	uint64_t lat_buckets[LAT_BUCKETS];
-	/* last 60 seconds of requests and errors, one slot a second */
-	uint32_t sec_req[60];
-	uint32_t sec_err[60];
-	int64_t sec_stamp[60];
+	/* recent requests and errors, one slot a second */
+	uint32_t sec_req[PROVIDER_HISTORY_S];
+	uint32_t sec_err[PROVIDER_HISTORY_S];
+	int64_t sec_stamp[PROVIDER_HISTORY_S];
 };
 
 typedef struct RouteStats {

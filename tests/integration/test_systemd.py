@@ -81,15 +81,15 @@ def provider(mock, **kw):
 
 
 def sd_env(notify, watchdog_usec=1000000):
-    return {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(watchdog_usec),
-            "WATCHDOG_PID": ""}
+    # no WATCHDOG_PID: sd_watchdog_enabled() then trusts WATCHDOG_USEC
+    return {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(watchdog_usec)}
 
 
 def test_notify_protocol(db, mock, batchd_factory, notify):
     d = batchd_factory(db=db, providers={"mock": provider(mock)}, routes={ROUTE: "mock"},
                        env=sd_env(notify), heartbeat_interval="1s", lease_timeout="5s")
     # READY=1 came, and only once the listener answers
-    wait_until(lambda: notify.first("READY=1") is not None, 10, "READY=1")
+    wait_until(lambda: notify.first("READY=1") is not None, 10, desc="READY=1")
     t_ready, msg = notify.first("READY=1")
     assert "STATUS=" in msg
     assert http_get(f"http://127.0.0.1:{d.port}/readyz")[0] == 200
@@ -101,12 +101,12 @@ def test_notify_protocol(db, mock, batchd_factory, notify):
     assert 3 <= n <= 6, notify.lines(t0)
 
     # STATUS= with live figures every few seconds
-    wait_until(lambda: any("in flight" in m for _, m in notify.lines()), 10, "STATUS figures")
+    wait_until(lambda: any("in flight" in m for _, m in notify.lines()), 10, desc="STATUS figures")
 
     # SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1
     t1 = time.monotonic()
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: notify.first("READY=1", since=t1) is not None, 5, "READY after reload")
+    wait_until(lambda: notify.first("READY=1", since=t1) is not None, 5, desc="READY after reload")
     tr, rmsg = notify.first("RELOADING=1", since=t1)
     assert "MONOTONIC_USEC=" in rmsg
     usec = int([l for l in rmsg.split("\n") if l.startswith("MONOTONIC_USEC=")][0].split("=")[1])
@@ -121,7 +121,7 @@ def test_notify_protocol(db, mock, batchd_factory, notify):
     t3 = time.monotonic()
     d.proc.send_signal(signal.SIGCONT)
     assert notify.count("WATCHDOG=1", since=t2, until=t3) == 0
-    wait_until(lambda: notify.count("WATCHDOG=1", since=t3) >= 2, 5, "WATCHDOG after SIGCONT")
+    wait_until(lambda: notify.count("WATCHDOG=1", since=t3) >= 2, 5, desc="WATCHDOG after SIGCONT")
 
     # SIGTERM: STOPPING=1, exit 0 (the factory checks the status)
     t4 = time.monotonic()
@@ -211,13 +211,13 @@ def test_watchdog_withheld_while_database_away(db, mock, batchd_factory, notify)
         d = batchd_factory(db=via_proxy, providers={"mock": provider(mock)},
                            routes={ROUTE: "mock"}, env=sd_env(notify, 400000),
                            watchdog_db_grace="1s")
-        wait_until(lambda: notify.first("READY=1") is not None, 10, "READY=1")
+        wait_until(lambda: notify.first("READY=1") is not None, 10, desc="READY=1")
         t0 = time.monotonic()
         time.sleep(0.6)
         assert notify.count("WATCHDOG=1", since=t0) >= 2
         proxy.cut()
         wait_until(lambda: http_get(f"http://127.0.0.1:{d.port}/readyz")[0] == 503, 10,
-                   "readyz 503 with the database away")
+                   desc="readyz 503 with the database away")
         # within the grace pings go on; after it they stop
         time.sleep(1.5)
         t1 = time.monotonic()
@@ -226,9 +226,9 @@ def test_watchdog_withheld_while_database_away(db, mock, batchd_factory, notify)
         assert "withholding watchdog pings" in d.log()
         proxy.restore()
         wait_until(lambda: http_get(f"http://127.0.0.1:{d.port}/readyz")[0] == 200, 15,
-                   "readyz 200 after the database is back")
+                   desc="readyz 200 after the database is back")
         t2 = time.monotonic()
-        wait_until(lambda: notify.count("WATCHDOG=1", since=t2) >= 2, 5, "pings again")
+        wait_until(lambda: notify.count("WATCHDOG=1", since=t2) >= 2, 5, desc="pings again")
         assert d.stop() == 0
     finally:
         proxy.close()
@@ -252,7 +252,7 @@ def test_reload_changes_rate_within_a_second(db, conn, mock, batchd_factory, tmp
         f.write(text.replace("rate = 5/s", "rate = 100/s"))
     t_hup = time.time()
     d.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "configuration reloaded" in d.log(), 5, "reload logged")
+    wait_until(lambda: "configuration reloaded" in d.log(), 5, desc="reload logged")
     wait_batch_done(conn, bid, timeout=30)
     after = [t for t in arrivals(mock) if t >= t_hup + 1.0]
     # the new rate is in force a second after the reload: well above 5/s
@@ -273,7 +273,7 @@ def test_reload_with_bad_config_keeps_running(db, conn, mock, batchd_factory):
         f.write("\nnot_a_key = 1\n")
     d.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "reload failed, keeping the running configuration" in d.log(), 5,
-               "reload failure logged")
+               desc="reload failure logged")
     assert "unknown key 'not_a_key'" in d.log()
     bid = submit(conn, "acme", ROUTE, [{"id": i} for i in range(20)])
     assert wait_batch_done(conn, bid)["status"] == "completed"
@@ -285,7 +285,7 @@ def test_metrics_pass_promtool_mid_batch(db, conn, mock, batchd_factory, tmp_pat
     d = batchd_factory(db=db, providers={"mock": provider(mock, url=mock.url(
         "/item/{id}?latency_ms=20"))}, routes={ROUTE: "mock"}, max_inflight="20")
     bid = submit(conn, "acme", ROUTE, [{"id": i} for i in range(600)])
-    wait_until(lambda: batch(conn, bid)["succeeded"] > 50, 20, "batch under way")
+    wait_until(lambda: batch(conn, bid)["succeeded"] > 50, 20, desc="batch under way")
     code, body = http_get(f"http://127.0.0.1:{d.port}/metrics")
     assert code == 200
     text = body.decode() if isinstance(body, bytes) else body

@@ -1,0 +1,21 @@
+-- 002_api.down.sql: undo 002_api.up.sql.
+--
+-- Like 001's down: no CASCADE and no IF EXISTS, so a drifted schema makes the
+-- down migration fail and roll back rather than drop more or less than 002
+-- created. Idempotency keys and tokens are lost.
+
+DROP FUNCTION batchd.delete_batch(text, uuid);
+DROP FUNCTION batchd.retry_batch(text, uuid);
+DROP TRIGGER batches_cancelled_finished ON batchd.batches;
+DROP FUNCTION batchd.batches_cancelled_finished();
+DROP FUNCTION batchd.cancel_batch(text, uuid);
+DROP FUNCTION batchd.api_submit(text, text, jsonb, jsonb, text);
+DROP FUNCTION batchd.api_ts(timestamptz);
+DROP FUNCTION batchd.api_authenticate(bytea);
+DROP FUNCTION batchd.revoke_token(text);
+DROP FUNCTION batchd.create_token(text);
+
+DROP TABLE batchd.api_tokens;
+
+DROP INDEX batchd.batches_tenant_idempotency_key_idx;
+ALTER TABLE batchd.batches DROP COLUMN idempotency_key;
