@@ -1001,6 +1001,7 @@ static void deregister_done(PGresult *res, void *arg)
 			 e->bd->worker_id, PQgetvalue(res, 0, 0));
 	e->stop = STOP_DONE;
 	evtimer_del(e->stop_timer);
+	evtimer_del(e->heartbeat_timer);
 	db_close(e->mdb);
 	batchd_engine_stopped(e->bd, db_result_ok(res) ? 0 : 1);
 }
@@ -1062,8 +1063,9 @@ void engine_stop(Engine *e, bool immediate)
 {
 	if (e->stop == STOP_DONE)
 		return;
+	/* the heartbeat goes on while we drain: a drain longer than the lease
+	 * must not let another worker requeue what we are still finishing */
 	evtimer_del(e->poll_timer);
-	evtimer_del(e->heartbeat_timer);
 	evtimer_del(e->reaper_timer);
 	evtimer_del(e->depth_timer);
 	evtimer_del(e->retention_timer);

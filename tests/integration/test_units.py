@@ -101,7 +101,7 @@ def tree(tmp_path):
     the Documentation= check."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    os.symlink(find_binary("BATCHD_BIN", "batchd"), bindir / "batchd")
+    os.symlink(os.path.abspath(find_binary("BATCHD_BIN", "batchd")), bindir / "batchd")
     sysconfdir = tmp_path / "etc"
     (sysconfdir / "batchd").mkdir(parents=True)
     units = tmp_path / "units"
