@@ -663,7 +663,57 @@ static void setup_reconcile_done(PGresult *res, void *arg)
 		return;
 }
 
-static void setup_register_done(PGresult *res, void *arg)
+/* [route] hook and on_batch_done live in batchd.routes, so that every SQL
+ * path (completions, cancel, reaper) can call them. */
+static char *routes_json(const Config *cfg)
+{
+	StrBuf sb;
+	sb_init(&sb);
+	sb_putc(&sb, '[');
+	for (int i = 0; i < cfg->nroutes; i++) {
+		const Route *r = cfg->routes[i];
+		sb_puts(&sb, i ? ",{\"name\":" : "{\"name\":");
+		json_append_string(&sb, r->name, strlen(r->name));
+		sb_puts(&sb, ",\"hook\":");
+		if (r->hook)
+			json_append_string(&sb, r->hook, strlen(r->hook));
+		else
+			sb_puts(&sb, "null");
+		sb_puts(&sb, ",\"on_batch_done\":");
+		if (r->on_batch_done)
+			json_append_string(&sb, r->on_batch_done, strlen(r->on_batch_done));
+		else
+			sb_puts(&sb, "null");
+		sb_putc(&sb, '}');
+	}
+	sb_putc(&sb, ']');
+	return sb_steal(&sb);
+}
+
+static bool config_has_hooks(const Config *cfg)
+{
+	for (int i = 0; i < cfg->nroutes; i++)
+		if (cfg->routes[i]->hook || cfg->routes[i]->on_batch_done)
+			return true;
+	return false;
+}
+
+static int send_sync_routes(Engine *e, db_result_cb cb)
+{
+	char *json = routes_json(e->cfg);
+	const char *params[1] = { json };
+	int rc = db_query(e->db, "SELECT batchd.sync_routes($1::jsonb)", 1, params, cb, e);
+	free(json);
+	return rc;
+}
+
+static void reload_sync_done(PGresult *res, void *arg)
+{
+	if (res && !db_result_ok(res))
+		log_error("reload: recording route hooks failed: %s", db_result_error(res));
+}
+
+static void setup_routes_done(PGresult *res, void *arg)
 {
 	Engine *e = arg;
 	const char *params[2];
@@ -672,9 +722,12 @@ static void setup_register_done(PGresult *res, void *arg)
 
 	if (!res)
 		return;
-	if (!db_result_ok(res)) {
-		char msg[600];
-		snprintf(msg, sizeof(msg), "registering the worker failed: %s", db_result_error(res));
+	if (!db_result_ok(res) && !(strcmp(db_result_sqlstate(res), "42883") == 0 &&
+				    !config_has_hooks(e->cfg))) {
+		/* (42883: a schema without hooks is fine when no route uses them) */
+		char msg[700];
+		snprintf(msg, sizeof(msg), "recording the routes' hooks failed: %s",
+			 db_result_error(res));
 		fail_startup(e, msg);
 		return;
 	}
@@ -690,6 +743,22 @@ static void setup_register_done(PGresult *res, void *arg)
 		      setup_reconcile_done, e);
 	free(held);
 	(void)rc;
+}
+
+static void setup_register_done(PGresult *res, void *arg)
+{
+	Engine *e = arg;
+
+	if (!res)
+		return;
+	if (!db_result_ok(res)) {
+		char msg[600];
+		snprintf(msg, sizeof(msg), "registering the worker failed: %s", db_result_error(res));
+		fail_startup(e, msg);
+		return;
+	}
+	if (send_sync_routes(e, setup_routes_done) < 0)
+		return;
 }
 
 /* register_worker: also the providers we call, for the fleet's rate shares */
@@ -1257,6 +1326,8 @@ void engine_reload(Engine *e, Config *nc)
 	e->cfg_jobs = 0;
 	e->bd->cfg = nc;
 	build_claim_params(e);
+	if (e->setup_done && send_sync_routes(e, reload_sync_done) < 0)
+		log_warn("reload: database away; route hooks are recorded at reconnect");
 	dispatch_wake_all(e);
 	log_info("configuration reloaded: %d provider(s), %d route(s)", nc->nproviders,
 		 nc->nroutes);
