@@ -515,6 +515,11 @@ static void ps_wake(ProvState *ps)
 
 	evtimer_del(ps->wake_timer);
 	br_tick(&ps->br, now);
+	if (ps->qhead && !engine_lease_ok(ps->e)) {
+		/* not sure the items are still ours: ask first (its answer wakes us) */
+		engine_check_lease(ps->e);
+		return;
+	}
 	while (ps->qhead) {
 		if (!ps->removed && ps->br.state == BR_HALF_OPEN && ps->br.probe_inflight)
 			return;   /* the probe's outcome decides; its end wakes us */
@@ -609,7 +614,7 @@ void dispatch_route(Engine *e, Job *j)
 		j->tries = 0;
 	}
 	/* FIFO: nobody overtakes jobs already waiting for this provider */
-	if (!ps->qhead && ps_can_start(ps, now, &wait)) {
+	if (!ps->qhead && engine_lease_ok(e) && ps_can_start(ps, now, &wait)) {
 		ps_start(ps, j);
 		return;
 	}

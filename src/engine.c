@@ -32,6 +32,7 @@
 #define STOP_DB_GRACE_MS 10000
 
 static void engine_maybe_claim(Engine *e);
+static void registered(Engine *e, PGresult *res);
 static void array_text(StrBuf *sb, const char *v);
 static void wake(Engine *e);
 static void engine_maybe_flush(Engine *e, bool force);
@@ -757,6 +758,7 @@ static void setup_register_done(PGresult *res, void *arg)
 		fail_startup(e, msg);
 		return;
 	}
+	registered(e, res);
 	if (send_sync_routes(e, setup_routes_done) < 0)
 		return;
 }
@@ -764,8 +766,8 @@ static void setup_register_done(PGresult *res, void *arg)
 /* register_worker: also the providers we call, for the fleet's rate shares */
 static int send_register(Engine *e, db_result_cb cb)
 {
-	char pid[16];
-	const char *params[5];
+	char pid[16], lease[24];
+	const char *params[6];
 	StrBuf pv;
 	int rc;
 
@@ -780,8 +782,10 @@ static int send_register(Engine *e, db_result_cb cb)
 	params[2] = pid;
 	params[3] = PACKAGE_VERSION;
 	params[4] = pv.data;
-	rc = db_query(e->db, "SELECT batchd.register_worker($1::uuid, $2, $3::int, $4, $5::text[])",
-		      5, params, cb, e);
+	params[5] = lease;
+	snprintf(lease, sizeof(lease), "%lld", (long long)e->cfg->lease_timeout_ms);
+	rc = db_query(e->db, "SELECT existed, shares FROM batchd.worker_register($1::uuid, $2, "
+		      "$3::int, $4, $5::text[], $6::bigint)", 6, params, cb, e);
 	sb_free(&pv);
 	return rc;
 }
@@ -829,6 +833,7 @@ static void on_connect(Db *db, void *arg)
 static void on_disconnect(Db *db, void *arg)
 {
 	Engine *e = arg;
+	e->hb_inflight = false;
 	e->db_down_since_us = now_monotonic_us();
 	e->setup_done = false;
 	e->claim_inflight = false;
@@ -840,6 +845,77 @@ static void on_disconnect(Db *db, void *arg)
 /* --------------------------------------------------------------- heartbeat */
 
 /*
+ * Live workers per provider (from registration and every heartbeat): each
+ * process takes rate / workers of a provider's rate (and its share of the
+ * burst), so a fleet together never exceeds the configured rate.  A process
+ * joining a busy fleet starts with an empty bucket and waits one heartbeat
+ * interval, the time its peers need to lower their own share.
+ */
+static void apply_shares(Engine *e, const char *json, bool joining)
+{
+	yajl_val shares = yajl_tree_parse(json, NULL, 0);
+	int64_t now = now_monotonic_us();
+
+	for (int i = 0; i < e->nprovs; i++) {
+		ProvState *ps = e->provs[i];
+		yajl_val n = shares ? json_get_path(shares, ps->name) : NULL;
+		double workers = n && YAJL_IS_NUMBER(n) ? YAJL_GET_DOUBLE(n) : 1.0;
+		double share = workers >= 1.0 ? 1.0 / workers : 1.0;
+		if (ps->removed || ps->cfg->rate <= 0) {
+			ps->share = share;
+			continue;
+		}
+		if (share != ps->share) {
+			int burst = (int)ceil((double)ps->cfg->burst * share);
+			log_info("provider %s: %g live worker(s), taking %.3g of rate %g/s", ps->name,
+				 workers, share, ps->cfg->rate);
+			ps->share = share;
+			tb_configure(&ps->tb, ps->cfg->rate * share, burst < 1 ? 1 : burst, now);
+		}
+		if (joining && workers > 1.0) {
+			int64_t until = now + e->cfg->heartbeat_interval_ms * 1000;
+			ps->tb.tokens = 0;
+			if (until > ps->paused_until)
+				ps->paused_until = until;
+		}
+	}
+	yajl_tree_free(shares);
+}
+
+/*
+ * Another worker declared us dead while we were away and requeued our
+ * items: whatever we still hold is no longer ours.  Transfers already out
+ * finish (their results are fenced); nothing else goes to a provider.
+ */
+static void lease_lost(Engine *e, const char *why)
+{
+	int held_jobs = e->njobs - e->ntransfers;
+	log_warn("%s: our lease was lost; dropping %d item(s) not yet sent (other workers own "
+		 "them now), %d transfer(s) finish and will be fenced", why, held_jobs,
+		 e->ntransfers);
+	dispatch_drop_waiting(e);
+}
+
+/* Registration answer: existed (false: we were reaped) and the shares. */
+static void registered(Engine *e, PGresult *res)
+{
+	bool existed = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+
+	if (!existed && e->ever_ready && e->stop == STOP_NONE)
+		lease_lost(e, "worker row gone at reconnect");
+	e->lease_ok_us = now_monotonic_us();
+	apply_shares(e, PQgetvalue(res, 0, 1), !e->ever_ready || !existed);
+	dispatch_wake_all(e);
+}
+
+static void registered_again(PGresult *res, void *arg)
+{
+	Engine *e = arg;
+	if (res && db_result_ok(res) && PQntuples(res) == 1)
+		registered(e, res);
+}
+
+/*
  * Heartbeat answer: whether our row still exists, and for each provider the
  * number of live workers calling it.  Each process takes rate / workers of a
  * provider's rate (and its share of the burst), so a fleet together never
@@ -848,36 +924,24 @@ static void on_disconnect(Db *db, void *arg)
 static void heartbeat_done(PGresult *res, void *arg)
 {
 	Engine *e = arg;
-	yajl_val shares;
+	bool was_ok = engine_lease_ok(e);
 
+	e->hb_inflight = false;
 	if (!res || !db_result_ok(res) || PQntuples(res) != 1)
 		return;
 	if (strcmp(PQgetvalue(res, 0, 0), "f") == 0) {
 		if (e->stop == STOP_NONE) {
-			/* our row is gone (reaped while we were away): register again;
-			 * our items were requeued and our late completions are fenced */
-			log_warn("worker row missing at heartbeat: registering again");
-			if (send_register(e, NULL) < 0)
+			lease_lost(e, "worker row missing at heartbeat");
+			if (send_register(e, registered_again) < 0)
 				return;
 		}
 		return;
 	}
-	shares = yajl_tree_parse(PQgetvalue(res, 0, 1), NULL, 0);
-	for (int i = 0; i < e->nprovs; i++) {
-		ProvState *ps = e->provs[i];
-		yajl_val n = shares ? json_get_path(shares, ps->name) : NULL;
-		double workers = n && YAJL_IS_NUMBER(n) ? YAJL_GET_DOUBLE(n) : 1.0;
-		double share = workers >= 1.0 ? 1.0 / workers : 1.0;
-		if (share != ps->share) {
-			int burst = (int)ceil((double)ps->cfg->burst * share);
-			log_info("provider %s: %g live worker(s), taking %.3g of rate %g/s", ps->name,
-				 workers, share, ps->cfg->rate);
-			ps->share = share;
-			tb_configure(&ps->tb, ps->cfg->rate * share, burst < 1 ? 1 : burst,
-				     now_monotonic_us());
-		}
-	}
-	yajl_tree_free(shares);
+	/* the row was there when this heartbeat ran: the lease held until then */
+	e->lease_ok_us = e->hb_sent_us;
+	apply_shares(e, PQgetvalue(res, 0, 1), false);
+	if (!was_ok)
+		dispatch_wake_all(e);
 }
 
 static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
@@ -887,7 +951,7 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	const char *params[3];
 
 	arm_ms(e->heartbeat_timer, e->cfg->heartbeat_interval_ms);
-	if (!e->setup_done)
+	if (!e->setup_done || e->hb_inflight)
 		return;
 	snprintf(n, sizeof(n), "%d", e->ntransfers);
 	snprintf(lease, sizeof(lease), "%lld", (long long)e->cfg->lease_timeout_ms);
@@ -897,6 +961,26 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	if (db_query(e->db, "SELECT registered, shares FROM batchd.worker_heartbeat($1::uuid, "
 		     "$2::int, $3::bigint)", 3, params, heartbeat_done, e) < 0)
 		return;
+	e->hb_inflight = true;
+	e->hb_sent_us = now_monotonic_us();
+}
+
+/*
+ * Is our lease surely still ours?  Only if a heartbeat that went out less
+ * than lease_timeout ago was acknowledged: after a stall (SIGSTOP, a long
+ * loop lag, a database outage) other workers may have declared us dead and
+ * taken our items, and we must not call a provider for them.  Until a
+ * heartbeat says, providers hold their queues (dispatch asks for one).
+ */
+bool engine_lease_ok(Engine *e)
+{
+	return now_monotonic_us() - e->lease_ok_us < e->cfg->lease_timeout_ms * 1000;
+}
+
+void engine_check_lease(Engine *e)
+{
+	if (!e->hb_inflight && e->setup_done)
+		heartbeat_cb(-1, 0, e);
 }
 
 /* --------------------------------------------------------- lag and depth */
@@ -1040,8 +1124,10 @@ static void reaper_cb(evutil_socket_t fd, short what, void *arg)
 	Engine *e = arg;
 	char lease[24];
 	const char *params[2];
+	/* between half and one heartbeat interval: an item of a dead worker
+	 * waits at most lease_timeout + heartbeat_interval */
 	int64_t next = e->cfg->heartbeat_interval_ms / 2 +
-		random() % (e->cfg->heartbeat_interval_ms + 1);
+		random() % (e->cfg->heartbeat_interval_ms / 2 + 1);
 
 	arm_ms(e->reaper_timer, next);
 	if (!e->setup_done || e->stop != STOP_NONE || !db_is_ready(e->mdb))

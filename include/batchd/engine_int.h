@@ -178,6 +178,9 @@ struct Engine {
 	int64_t lag_expected_us;
 	double lag_max_s;
 	int64_t db_down_since_us;  /* monotonic; 0 while the database is up */
+	int64_t lease_ok_us;       /* sent time of the last acknowledged heartbeat */
+	int64_t hb_sent_us;
+	bool hb_inflight;
 	struct event *stop_timer;
 	enum StopPhase stop;
 
@@ -185,6 +188,8 @@ struct Engine {
 };
 
 /* engine.c */
+bool engine_lease_ok(Engine *e);           /* see engine.c */
+void engine_check_lease(Engine *e);        /* heartbeat now, if none is out */
 void engine_record(Engine *e, Job *j, const char *status, long http_status,
 		   const char *body, size_t blen, const char *error);
 void engine_defer(Engine *e, Job *j, int64_t delay_ms, const char *why);
