@@ -331,6 +331,18 @@ static void flush_done(PGresult *res, void *arg)
 	}
 	if (!db_result_ok(res)) {
 		const char *err = db_result_error(res);
+		const char *state = db_result_sqlstate(res);
+		if (strncmp(state, "40", 2) == 0 || strcmp(state, "55P03") == 0 ||
+		    strcmp(state, "57014") == 0) {
+			/* deadlock, serialization failure, lock or statement timeout:
+			 * the records are fine, the moment was not; try them again */
+			log_warn("flush of %d completions failed (%s, SQLSTATE %s); retrying",
+				 e->flushing.n, err, state);
+			rec_prepend(&e->pending, &e->flushing);
+			if (!evtimer_pending(e->flush_timer, NULL))
+				arm_ms(e->flush_timer, 50 + random() % 200);
+			return;
+		}
 		if (e->flushing.n > 1) {
 			/* one bad record must not sink the others: go one by one */
 			log_warn("flush of %d completions failed (%s); recording one at a time",
@@ -1079,8 +1091,13 @@ static void retention_cb(evutil_socket_t fd, short what, void *arg)
 	const char *params[1];
 
 	arm_ms(e->retention_timer, 60000);
-	if (e->cfg->retention_ms <= 0 || !e->setup_done || e->stop != STOP_NONE ||
-	    !db_is_ready(e->mdb))
+	if (!e->setup_done || e->stop != STOP_NONE || !db_is_ready(e->mdb))
+		return;
+	/* group rows of idle groups would slow the grouped claim down */
+	if (e->have_groups &&
+	    db_query(e->mdb, "SELECT batchd.gc_groups()", 0, NULL, NULL, NULL) < 0)
+		return;
+	if (e->cfg->retention_ms <= 0)
 		return;
 	snprintf(age, sizeof(age), "%lld", (long long)e->cfg->retention_ms);
 	params[0] = age;
