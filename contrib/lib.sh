@@ -23,7 +23,11 @@ BD_PACKAGES=(
 # valgrind the daemon's memory, mandoc the man pages.
 BD_TEST_PACKAGES=(
 	prometheus systemd clang libclang-rt-14-dev valgrind mandoc man-db
+	wrk chromium fonts-dejavu-core
 )
+# The browser test drives Chromium with playwright-core (npm), which needs
+# Node 20+: use the machine's node when there is one (Debian's is 18).
+command -v node >/dev/null 2>&1 || BD_TEST_PACKAGES+=(nodejs npm)
 
 bd_say() { printf '==> %s\n' "$*" >&2; }
 

@@ -1237,7 +1237,7 @@ static const yajl_callbacks submit_callbacks = {
 };
 
 /* Check a submit body; 0, or -1 with a message in c->err. */
-static int submit_check(Api *api, const char *body, size_t len, SubmitCheck *c)
+static int submit_check(const Config *cfg, const char *body, size_t len, SubmitCheck *c)
 {
 	yajl_handle h;
 	yajl_status st;
@@ -1273,9 +1273,21 @@ static int submit_check(Api *api, const char *body, size_t len, SubmitCheck *c)
 		snprintf(c->err, sizeof(c->err), "route is required");
 	else if (!(c->seen & (1u << SK_ITEMS)) || c->nitems == 0)
 		snprintf(c->err, sizeof(c->err), "%s", sub_type_msg[SK_ITEMS]);
-	else if (!config_find_route(api->bd->cfg, c->route))
+	else if (!config_find_route(cfg, c->route))
 		snprintf(c->err, sizeof(c->err), "unknown route \"%.200s\"", c->route);
 	return c->err[0] ? -1 : 0;
+}
+
+int api_validate_submit(const char *body, size_t len, const Config *cfg,
+			char *err, size_t errlen)
+{
+	SubmitCheck c;
+	int rc = submit_check(cfg, body, len, &c);
+
+	if (errlen)
+		snprintf(err, errlen, "%s", c.err);
+	free(c.route);
+	return rc;
 }
 
 static void step_submit(Req *r, PGresult *res)
@@ -1317,7 +1329,7 @@ static void do_submit(Req *r)
 	len = evbuffer_get_length(buf);
 	evbuffer_add(buf, "", 1);   /* NUL-terminate: the body goes to SQL as text */
 	body = (char *)evbuffer_pullup(buf, -1);
-	if (submit_check(r->api, body, len, &c) < 0) {
+	if (submit_check(r->api->bd->cfg, body, len, &c) < 0) {
 		free(c.route);
 		reply_error(r, 400, "%s", c.err);
 		return;

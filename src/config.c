@@ -442,6 +442,14 @@ static int set_header(ConfigCtx *ctx, const ConfigKey *key, void *obj, const cha
 			 value);
 		return -1;
 	}
+	for (const char *c = v; *c; c++) {
+		/* a CR or LF (say from ${VAR}) would inject another header */
+		if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f) {
+			ctx_fail(ctx, "header '%.*s' has a control character in its value",
+				 (int)(strchr(value, ':') - value), value);
+			return -1;
+		}
+	}
 	p->headers = xrealloc(p->headers, sizeof(char *) * ((size_t)p->nheaders + 2));
 	p->headers[p->nheaders++] = xstrdup(value);
 	p->headers[p->nheaders] = NULL;

@@ -853,6 +853,31 @@ void dispatch_transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 	engine_after_event(e);
 }
 
+/*
+ * A batch was cancelled: its items we hold but have not sent go back to the
+ * queue, where the 006 trigger turns them into cancelled items (counted).
+ * Transfers already out finish and are recorded, as cancel promises.
+ */
+int dispatch_cancel_batch(Engine *e, const char *batch_id)
+{
+	Job *j = e->jobs;
+	int n = 0;
+
+	while (j) {
+		Job *next = j->next;
+		if (j->state != JOB_RUNNING && strcmp(j->batch_id, batch_id) == 0) {
+			if (j->state == JOB_QUEUED)
+				q_remove(j->ps, j);
+			if (j->retry_timer)
+				evtimer_del(j->retry_timer);
+			engine_defer(e, j, 0, "batch cancelled");
+			n++;
+		}
+		j = next;
+	}
+	return n;
+}
+
 /* Stop: drop every job that is not transferring (deregister releases them). */
 void dispatch_drop_waiting(Engine *e)
 {

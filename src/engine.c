@@ -595,8 +595,17 @@ static bool serves_route(const Engine *e, const char *route)
 static void on_notify(Db *db, const char *channel, const char *payload, void *arg)
 {
 	Engine *e = arg;
-	if (strcmp(channel, "batchd_work") == 0 && (!payload || !*payload || serves_route(e, payload)))
+	if (strcmp(channel, "batchd_work") == 0 && (!payload || !*payload || serves_route(e, payload))) {
 		wake(e);
+	} else if (strcmp(channel, "batchd_cancel") == 0 && payload && *payload) {
+		int n = dispatch_cancel_batch(e, payload);
+		if (n > 0) {
+			LogCtx ctx = { payload, 0, NULL, NULL };
+			log_ctx(LG_INFO, &ctx, "batch %s cancelled: %d item(s) not yet sent dropped",
+				payload, n);
+			engine_maybe_flush(e, true);
+		}
+	}
 }
 
 /* ------------------------------------------------------- connection setup */
@@ -672,7 +681,8 @@ static void setup_reconcile_done(PGresult *res, void *arg)
 		log_warn("released %s item(s) claimed under our id that this process does not "
 			 "hold", PQgetvalue(res, 0, 0));
 	}
-	if (db_query(e->db, "LISTEN batchd_work", 0, NULL, setup_listen_done, e) < 0)
+	if (db_query(e->db, "LISTEN batchd_cancel", 0, NULL, NULL, NULL) < 0 ||
+	    db_query(e->db, "LISTEN batchd_work", 0, NULL, setup_listen_done, e) < 0)
 		return;
 }
 

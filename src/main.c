@@ -31,6 +31,7 @@
 #include "batchd/metrics.h"
 #include "batchd/migrate.h"
 #include "batchd/sd.h"
+#include "batchd/ui.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/batchd/batchd.ini"
 
@@ -299,6 +300,8 @@ static int run_daemon(Config *cfg)
 	sdn_start(bd->base, healthy, bd);
 	if (bd->api && api_add_handler(bd->api, "/metrics", handle_metrics, bd) < 0)
 		log_error("cannot serve /metrics");
+	if (bd->api && ui_register(bd->api) < 0)
+		log_error("cannot serve the web dashboard");
 
 	engine_start(bd->engine);
 	event_base_dispatch(bd->base);

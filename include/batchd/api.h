@@ -32,6 +32,14 @@ int api_add_handler(Api *api, const char *path,
 
 void api_get_stats(const Api *api, ApiStats *out);
 
+/*
+ * The check POST /v1/batches runs on a body before any query (JSON shape,
+ * types, ranges, route configured in cfg), without a server: 0, or -1 with
+ * the 400 message in err.  body need not be NUL-terminated.
+ */
+int api_validate_submit(const char *body, size_t len, const Config *cfg,
+			char *err, size_t errlen) _MUSTCHECK;
+
 /* Split "host:port" / "[v6]:port" into parts; 0 or -1. */
 int api_parse_listen(const char *listen, char *host, size_t hostlen, int *port) _MUSTCHECK;
 

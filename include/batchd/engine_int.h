@@ -203,6 +203,7 @@ void dispatch_route(Engine *e, Job *j);    /* pick provider, queue or start */
 void dispatch_transfer_done(CURL *easy, CURLcode code, void *priv, void *arg);
 void dispatch_abort_all(Engine *e);        /* stop: drop every job */
 void dispatch_drop_waiting(Engine *e);     /* stop: drop jobs not transferring */
+int dispatch_cancel_batch(Engine *e, const char *batch_id);
 ProvState *dispatch_find(Engine *e, const char *name);
 void dispatch_job_release(Engine *e, Job *j);  /* free transfer resources */
 void dispatch_reload(Engine *e, Config *nc);   /* before e->cfg switches */

@@ -358,3 +358,28 @@ def test_sigterm_mid_batch_requeues_and_restart_finishes(db, conn, mock, batchd_
     assert b["status"] == "completed" and b["succeeded"] == 100, b
     assert check_consistency(conn) == []
 
+
+
+def test_cancel_drops_items_held_but_not_sent(db, conn, mock, batchd_factory):
+    """Items claimed and waiting for a token are running in the database;
+    cancelling the batch must stop them before they reach the provider
+    (NOTIFY batchd_cancel), and the batch ends cancelled with exact counts."""
+    start(batchd_factory, db, mock, provider={"rate": "2/s", "burst": "1"}, max_inflight=50)
+    bid = submit(conn, "acme", ROUTE, [{"id": i} for i in range(40)])
+    wait_until(lambda: count(conn, "SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s "
+                                   "AND status = 'running'", bid) >= 30, 10,
+               desc="items claimed and held")
+    time.sleep(1.0)
+    assert conn.execute("SELECT batchd.cancel_batch('acme', %s) AS r", (bid,)).fetchone()["r"] == "ok"
+    t_cancel = time.time()
+    b = wait_batch_done(conn, bid, timeout=10)
+    assert b["status"] == "cancelled"
+    wait_until(lambda: batch(conn, bid)["finished_at"] is not None, 10, desc="finished_at set")
+    b = batch(conn, bid)
+    assert b["succeeded"] + b["failed"] + b["cancelled"] == 40
+    assert b["cancelled"] >= 30, b
+    late = [r for r in mock.all_requests() if r["t"] > t_cancel + 0.2]
+    assert len(late) <= 1, late   # at most a transfer already started
+    assert count(conn, "SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s AND "
+                       "status IN ('queued', 'running')", bid) == 0
+    assert check_consistency(conn) == []

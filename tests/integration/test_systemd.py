@@ -340,3 +340,83 @@ def test_json_logs_and_no_secret(db, conn, mock, batchd_factory):
     # the batch end summary at info
     assert any(r["level"] == "info" and f"batch {bid}" in r["msg"] and "completed" in r["msg"]
                for r in records)
+
+
+def test_socket_activation(db, conn, mock, tmp_path):
+    """Started by batchd.socket: the listener comes from systemd as fd 3
+    (LISTEN_FDS/LISTEN_PID), and batchd serves on it without binding."""
+    from conftest import batchd_bin, batchd_env, render_config
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    port = lsock.getsockname()[1]
+    cfg = os.path.join(str(tmp_path), "sa.ini")
+    with open(cfg, "w") as f:   # no listen key: the socket is all there is
+        f.write(render_config(db.conninfo, {"log_level": "info", "shutdown_timeout": "5s"},
+                              {"mock": provider(mock)}, {ROUTE: "mock"}))
+    log = os.path.join(str(tmp_path), "sa.log")
+    fd = lsock.fileno()
+    env = batchd_env({"LISTEN_FDS": "1", "LISTEN_FDNAMES": "http"})
+    with open(log, "a") as lf:
+        # the socket must be fd 3 and LISTEN_PID batchd's own pid: a wrapper
+        # moves the fd, sets LISTEN_PID to its pid and execs (same pid)
+        wrapper = ("import os, sys\n"
+                   "fd = int(sys.argv[1])\n"
+                   "if fd != 3:\n"
+                   "    os.dup2(fd, 3)\n"
+                   "    os.close(fd)\n"
+                   "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+                   "os.execv(sys.argv[2], sys.argv[2:])\n")
+        proc = subprocess.Popen(["/usr/bin/python3", "-c", wrapper, str(fd), batchd_bin(),
+                                 "-c", cfg], stdout=lf, stderr=lf, env=env, pass_fds=(fd,))
+    lsock.close()   # batchd holds its own copy now
+    try:
+        def ready():
+            try:
+                return http_get(f"http://127.0.0.1:{port}/readyz", timeout=1)[0] == 200
+            except OSError:
+                return False
+        wait_until(lambda: ready() or proc.poll() is not None, 30, desc="ready on fd 3")
+        assert proc.poll() is None, open(log).read()
+        assert "socket(s) passed by systemd" in open(log).read()
+        bid = submit(conn, "acme", ROUTE, [{"id": i} for i in range(10)])
+        assert wait_batch_done(conn, bid)["status"] == "completed"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, open(log).read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = open(log).read()
+    assert "ERROR: AddressSanitizer" not in text and "runtime error:" not in text, text
+
+
+def test_retention_deletes_old_finished_batches(db, conn, mock, batchd_factory):
+    """retention = 1h: finished batches older than that go (items and events
+    with them), in chunks; recent and unfinished ones stay."""
+    old = [submit(conn, "acme", ROUTE, [{"id": i} for i in range(3)]) for _ in range(25)]
+    keep_recent = submit(conn, "acme", ROUTE, [{"id": 1}])
+    d = batchd_factory(db=db, providers={"mock": provider(mock)}, routes={ROUTE: "mock"},
+                       retention="1h")
+    for b in old + [keep_recent]:
+        wait_batch_done(conn, b)
+    # age the first 25 by two hours, and add an old but unfinished one
+    conn.execute("UPDATE batchd.batches SET finished_at = now() - interval '2 hours' "
+                 "WHERE id = ANY(%s)", (old,))
+    pending_old = submit(conn, "acme", "no-such-route", [{"id": 1}])
+    conn.execute("UPDATE batchd.batches SET created_at = now() - interval '3 hours' "
+                 "WHERE id = %s", (pending_old,))
+    # the retention timer runs 5 s after start, then every minute; more than
+    # a chunk (20 batches) is waiting, so it continues at once
+    wait_until(lambda: conn.execute("SELECT count(*) AS n FROM batchd.batches WHERE id = "
+                                    "ANY(%s)", (old,)).fetchone()["n"] == 0,
+               30, desc="old finished batches deleted")
+    left = {str(r["id"]) for r in conn.execute("SELECT id FROM batchd.batches")}
+    assert left == {keep_recent, pending_old}
+    assert conn.execute("SELECT count(*) AS n FROM batchd.items WHERE batch_id = ANY(%s)",
+                        (old,)).fetchone()["n"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM batchd.batch_events WHERE batch_id = "
+                        "ANY(%s)", (old,)).fetchone()["n"] == 0
+    assert "retention: deleted" in d.log()
+    assert check_consistency(conn) == []

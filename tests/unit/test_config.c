@@ -841,6 +841,11 @@ static void test_errors_values(void **state)
 	load_err("[provider p]\nheader = : x\n", 2,
 		 "header must look like 'Name: value' (a token name, then a colon)");
 	load_err("[provider p]\nheader = X-Empty:  \n", 2, "header 'X-Empty' has an empty value");
+	/* a CR/LF from the environment must not inject another header */
+	setenv("BATCHD_TEST_TOKEN", "abc\r\nX-Injected: 1", 1);
+	load_err("[provider p]\nheader = X-Key: ${BATCHD_TEST_TOKEN}\n", 2,
+		 "header 'X-Key' has a control character in its value");
+	unsetenv("BATCHD_TEST_TOKEN");
 	load_err("[route r]\nproviders = a,,b\n", 2,
 		 "providers: expected a comma-separated list of provider names");
 	load_err("[route r]\nproviders = a, b,\n", 2,
