@@ -223,12 +223,29 @@ void db_start(Db *db)
 	arm_connect_io(db, EV_WRITE);
 }
 
+/* Server notices (RAISE NOTICE in a hook, say) go to our log, not raw to
+ * stderr, so that every log line keeps the configured format. */
+static void notice_receiver(void *arg, const PGresult *res)
+{
+	Db *db = arg;
+	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	enum LogLevel lvl = LG_INFO;
+
+	if (sev && strcmp(sev, "WARNING") == 0)
+		lvl = LG_WARN;
+	else if (sev && (strcmp(sev, "DEBUG") == 0 || strcmp(sev, "LOG") == 0))
+		lvl = LG_DEBUG;
+	log_msg(lvl, "%s: server %s: %s", db->name, sev ? sev : "notice", msg ? msg : "");
+}
+
 static void on_ready(Db *db)
 {
 	int fd = PQsocket(db->conn);
 
 	evtimer_del(db->ev_timer);
 	drop_events(db);
+	PQsetNoticeReceiver(db->conn, notice_receiver, db);
 	if (PQsetnonblocking(db->conn, 1) != 0) {
 		connect_failed(db, PQerrorMessage(db->conn));
 		return;

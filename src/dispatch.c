@@ -455,6 +455,9 @@ static int job_prepare(Engine *e, Job *j, const Provider *p, char *err, size_t e
 	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)p->max_response_size);
 	curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* 16 KiB by default, per transfer: with 1000 in flight that is most of
+	 * the heap; small answers are the norm, big ones just take more reads */
+	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "batchd/" PACKAGE_VERSION);
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, j->headers);
 	if (strcmp(p->method, "GET") == 0) {

@@ -84,9 +84,26 @@ static void arm_ms(struct event *ev, int64_t ms)
 	evtimer_add(ev, &tv);
 }
 
+/*
+ * Free capacity for claims: max_inflight counts the items this process
+ * holds before their outcome (transfers, provider queues, backoff).  An
+ * outcome waiting to be written no longer holds a slot, but the buffer of
+ * such outcomes is bounded too (another max_inflight), so a slow or absent
+ * database stops the claims instead of growing memory.
+ */
+static int free_capacity(const Engine *e)
+{
+	int cap = e->cfg->max_inflight - e->njobs;
+	int buffered = e->pending.n + e->flushing.n;
+
+	if (buffered >= e->cfg->max_inflight)
+		return 0;
+	return cap;
+}
+
 static int held(const Engine *e)
 {
-	return e->njobs + e->pending.n + e->flushing.n;
+	return e->njobs;
 }
 
 /* ------------------------------------------------------------ completions */
@@ -221,20 +238,31 @@ static void flush_timer_cb(evutil_socket_t fd, short what, void *arg)
  * or the flush timer, except when no transfer is running (nothing more is
  * coming soon, so waiting would only add latency).
  */
+/*
+ * Outcomes are written on their own connection, so that claims never wait
+ * behind a flush.  A flush starts as soon as the connection is idle, at
+ * most one per flush_interval unless flush_size outcomes are waiting: at a
+ * high rate each statement carries many outcomes (cheap per item), at a
+ * low rate an outcome waits at most flush_interval.
+ */
 static void engine_maybe_flush(Engine *e, bool force)
 {
 	StrBuf sb;
 	int n;
 	const char *params[2];
+	int64_t now, due;
 
-	if (e->flush_inflight || e->pending.n == 0 || !e->setup_done)
+	if (e->flush_inflight || e->pending.n == 0 || !e->ever_ready || !db_is_ready(e->fdb))
 		return;
-	if (!force && e->pending.n < e->cfg->flush_size && e->ntransfers > 0) {
+	now = now_monotonic_us();
+	due = e->last_flush_us + e->cfg->flush_interval_ms * 1000;
+	if (!force && e->pending.n < e->cfg->flush_size && now < due) {
 		if (!evtimer_pending(e->flush_timer, NULL))
-			arm_ms(e->flush_timer, e->cfg->flush_interval_ms);
+			arm_ms(e->flush_timer, (due - now) / 1000 + 1);
 		return;
 	}
 	evtimer_del(e->flush_timer);
+	e->last_flush_us = now;
 
 	n = e->isolate ? 1 : (e->pending.n < e->cfg->flush_size ? e->pending.n : e->cfg->flush_size);
 	sb_init(&sb);
@@ -251,7 +279,7 @@ static void engine_maybe_flush(Engine *e, bool force)
 
 	params[0] = e->bd->worker_id;
 	params[1] = sb.data;
-	if (db_query(e->db, "SELECT applied, fenced, finished FROM batchd.record_completions("
+	if (db_query(e->fdb, "SELECT applied, fenced, finished FROM batchd.record_completions("
 		     "$1::uuid, $2::jsonb)",
 		     2, params, flush_done, e) < 0) {
 		/* not connected: keep them for after the reconnect */
@@ -526,7 +554,7 @@ static void engine_maybe_claim(Engine *e)
 
 	if (!e->setup_done || e->claim_inflight || e->stop != STOP_NONE || !e->more_work)
 		return;
-	cap = e->cfg->max_inflight - held(e);
+	cap = free_capacity(e);
 	if (cap <= 0)
 		return;
 	/* batch small claims unless woken up or idle */
@@ -859,7 +887,7 @@ static void on_disconnect(Db *db, void *arg)
 	e->db_down_since_us = now_monotonic_us();
 	e->setup_done = false;
 	e->claim_inflight = false;
-	e->flush_inflight = false;
+	e->dereg_inflight = false;
 	log_warn("database unavailable: %d transfer(s) continue, %d completion(s) buffered",
 		 e->ntransfers, e->pending.n);
 }
@@ -1185,6 +1213,7 @@ static void deregister_done(PGresult *res, void *arg)
 	evtimer_del(e->stop_timer);
 	evtimer_del(e->heartbeat_timer);
 	db_close(e->mdb);
+	db_close(e->fdb);
 	batchd_engine_stopped(e->bd, db_result_ok(res) ? 0 : 1);
 }
 
@@ -1208,19 +1237,18 @@ static void stop_progress(Engine *e)
 	}
 	if (e->stop != STOP_FLUSHING)
 		return;
-	if (!e->setup_done || e->flush_inflight)
-		return;   /* wait for the connection or the flush in progress */
+	if (e->flush_inflight || e->dereg_inflight)
+		return;   /* wait for the flush or the deregistration in progress */
 	if (e->pending.n > 0) {
 		engine_maybe_flush(e, true);
-		if (e->flush_inflight)
-			return;
+		return;   /* its end calls us again (or the connection's return) */
 	}
-	if (e->pending.n > 0)
-		return;
+	if (!e->setup_done)
+		return;   /* wait for the engine connection */
 	params[0] = e->bd->worker_id;
 	if (db_query(e->db, "SELECT batchd.deregister_worker($1::uuid)", 1, params,
 		     deregister_done, e) == 0)
-		e->flush_inflight = true;  /* blocks re-entry until deregister_done */
+		e->dereg_inflight = true;
 }
 
 static void stop_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -1341,8 +1369,19 @@ static void build_claim_params(Engine *e)
 	e->group_interval_param = array_close(&gi);
 }
 
+/* The flush connection is back: write what waited. */
+static void fdb_on_connect(Db *db, void *arg)
+{
+	Engine *e = arg;
+	if (e->stop == STOP_FLUSHING)
+		stop_progress(e);
+	else
+		engine_maybe_flush(e, true);
+}
+
 Engine *engine_new(Batchd *bd)
 {
+	static const DbHandlers fdb_handlers = { fdb_on_connect, NULL, NULL };
 	static const DbHandlers handlers = { on_connect, on_disconnect, on_notify };
 	Engine *e = xcalloc(1, sizeof(*e));
 
@@ -1360,6 +1399,7 @@ Engine *engine_new(Batchd *bd)
 	e->group_timer = evtimer_new(bd->base, group_timer_cb, e);
 	/* housekeeping (reaper, queue depth, retention) has its own connection */
 	e->mdb = db_new(bd->base, bd->cfg->database, "db-maint", NULL, e);
+	e->fdb = db_new(bd->base, bd->cfg->database, "db-flush", &fdb_handlers, e);
 	e->stop_timer = evtimer_new(bd->base, stop_timer_cb, e);
 	dispatch_init(e);
 	build_claim_params(e);
@@ -1370,6 +1410,7 @@ void engine_start(Engine *e)
 {
 	db_start(e->db);
 	db_start(e->mdb);
+	db_start(e->fdb);
 	arm_ms(e->retention_timer, 5000);
 	arm_ms(e->poll_timer, e->cfg->poll_interval_ms);
 	arm_ms(e->heartbeat_timer, e->cfg->heartbeat_interval_ms);
@@ -1386,6 +1427,7 @@ void engine_free(Engine *e)
 	dispatch_abort_all(e);
 	db_free(e->db);
 	db_free(e->mdb);
+	db_free(e->fdb);
 	event_free(e->retention_timer);
 	event_free(e->group_timer);
 	http_free(e->http);

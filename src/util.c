@@ -283,12 +283,35 @@ void format_timestamp(int64_t us, char *buf, size_t len)
 		frac += 1000000;
 		sec -= 1;
 	}
-	t = (time_t)sec;
-	if (!gmtime_r(&t, &tm) || strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
-		snprintf(buf, len, "invalid-time");
+	/* the date part changes once a second: format it once a second (this
+	 * runs twice per item on the hot path; the processes are single-threaded) */
+	static int64_t cached_sec = INT64_MIN;
+	static char cached_date[24];
+	if (sec != cached_sec) {
+		t = (time_t)sec;
+		if (!gmtime_r(&t, &tm) ||
+		    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
+			snprintf(buf, len, "invalid-time");
+			return;
+		}
+		memcpy(cached_date, date, sizeof(cached_date));
+		cached_sec = sec;
+	}
+	if (len >= 28) {
+		/* "YYYY-MM-DDTHH:MM:SS" + ".ffffffZ" without snprintf */
+		size_t dl = strlen(cached_date);
+		int f = (int)frac;
+		memcpy(buf, cached_date, dl);
+		buf[dl] = '.';
+		for (int i = 6; i >= 1; i--) {
+			buf[dl + (size_t)i] = (char)('0' + f % 10);
+			f /= 10;
+		}
+		buf[dl + 7] = 'Z';
+		buf[dl + 8] = '\0';
 		return;
 	}
-	snprintf(buf, len, "%s.%06dZ", date, (int)frac);
+	snprintf(buf, len, "%s.%06dZ", cached_date, (int)frac);
 }
 
 /* ------------------------------------------------------------ parsing */

@@ -175,6 +175,9 @@ struct Engine {
 	struct event *group_timer;
 	int64_t group_recheck_ms;
 	Db *mdb;                  /* maintenance connection */
+	Db *fdb;                  /* completion (flush) connection */
+	int64_t last_flush_us;
+	bool dereg_inflight;
 	int64_t lag_expected_us;
 	double lag_max_s;
 	int64_t db_down_since_us;  /* monotonic; 0 while the database is up */
