@@ -460,6 +460,43 @@ static const char *ecode_for(int status)
 	}
 }
 
+/*
+ * libevent 2.1 answers a few errors itself, before any handler of ours runs
+ * (a body over max_body_size: 413; a request it cannot parse: 400), through
+ * evhttp_send_error(), with a small HTML page.  Defining evhttp_send_error
+ * here replaces libevent's: the library calls it through its PLT, so the
+ * dynamic linker binds those calls to the executable's definition, and the
+ * answers carry our JSON error shape like every other error.  It does what
+ * libevent's does (the reply, then the connection closes) in JSON.
+ */
+void evhttp_send_error(struct evhttp_request *req, int error, const char *reason)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	struct evbuffer *buf = evbuffer_new();
+	const char *msg;
+
+	if (!buf) {
+		evhttp_connection_free(evhttp_request_get_connection(req));
+		return;
+	}
+	switch (error) {
+	case 400: msg = "the request could not be parsed"; break;
+	case 413: msg = "the request body is larger than max_body_size"; break;
+	case 404: msg = "no such endpoint"; break;
+	case 405: msg = "method not allowed"; break;
+	case 501: msg = "method not implemented"; break;
+	case 503: msg = "service unavailable"; break;
+	default: msg = reason ? reason : "error"; break;
+	}
+	evhttp_clear_headers(h);
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "Connection", "close");
+	evbuffer_add_printf(buf, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
+			    error == 501 ? "not_implemented" : ecode_for(error), msg);
+	evhttp_send_reply(req, error, reason, buf);
+	evbuffer_free(buf);
+}
+
 static Req *req_new(Api *api, struct evhttp_request *req)
 {
 	Req *r = xcalloc(1, sizeof(*r));
@@ -2179,11 +2216,11 @@ Api *api_new(Batchd *bd, char *err, size_t errlen)
 	evhttp_set_max_headers_size(api->http, API_MAX_HEADERS);
 	/*
 	 * Bodies over max_body_size: evhttp refuses them while reading, before
-	 * our handler runs, and libevent 2.1 offers no hook there, so the answer
-	 * is its own "413 Payload Too Large" with a small HTML body (likewise
-	 * 400 for oversized headers or unparsable requests).  Lingering close
-	 * reads and drops the rest of the body first, so the client gets to
-	 * read the 413 instead of a connection reset.
+	 * our handler runs, and answers 413 through evhttp_send_error(), which
+	 * we replace (above) to keep the JSON error shape (likewise the 400 for
+	 * oversized headers or unparsable requests).  Lingering close reads and
+	 * drops the rest of the body first, so the client gets to read the 413
+	 * instead of a connection reset.
 	 */
 	evhttp_set_max_body_size(api->http, (ev_ssize_t)bd->cfg->max_body_size);
 	evhttp_set_flags(api->http, EVHTTP_SERVER_LINGERING_CLOSE);
