@@ -558,9 +558,9 @@ static void engine_maybe_claim(Engine *e)
 	if (cap <= 0)
 		return;
 	/* batch small claims unless woken up or idle */
-	threshold = e->cfg->max_inflight / 4;
-	if (threshold > 100)
-		threshold = 100;
+	threshold = e->cfg->max_inflight / 20;
+	if (threshold > 50)
+		threshold = 50;
 	if (threshold < 1)
 		threshold = 1;
 	if (cap < threshold && !e->urgent && held(e) > 0)
