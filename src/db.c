@@ -184,7 +184,6 @@ static void arm_connect_io(Db *db, short what)
 
 static void connect_failed(Db *db, const char *why)
 {
-	bool was_ready_before = false;
 	set_error(db, why);
 	log_warn("%s: connection failed: %s", db->name, db->last_error);
 	evtimer_del(db->ev_timer);
@@ -193,7 +192,6 @@ static void connect_failed(Db *db, const char *why)
 		PQfinish(db->conn);
 		db->conn = NULL;
 	}
-	(void)was_ready_before;
 	schedule_retry(db);
 }
 

@@ -1,17 +1,17 @@
 /*
  * engine.c - claim, dispatch, outcome and completion on one event loop.
  *
- * Capacity.  An item is "held" by this process from its claim until its
- * completion is recorded: while its transfer runs (ntransfers) and while its
- * completion waits in the buffer or in the flush statement (npending).  We
- * claim only up to max_inflight - held, so the completion buffer is bounded
- * by max_inflight too, also while the database is away.
+ * Capacity.  A job holds a slot of max_inflight from its claim until its
+ * outcome is known (transfer, provider queue, backoff); outcomes waiting to
+ * be written are bounded separately (free_capacity), so the buffer cannot
+ * grow while the database is slow or away.
  *
- * Statements.  A claim is one call of batchd.claim_items(); a flush is one
- * call of batchd.complete_items() with every buffered completion as a JSON
- * array; both run on the same connection in FIFO order, which is what makes
- * the graceful stop simple: flush, then deregister (which releases whatever
- * is still running under our worker id).
+ * Statements.  A claim is one call of batchd.claim_items() on the engine
+ * connection (with heartbeats, LISTEN and registration); a flush is one
+ * call of batchd.record_completions() with every buffered outcome as a JSON
+ * array, on its own connection so that claims never wait behind it.  The
+ * graceful stop flushes everything first, then deregisters (which releases
+ * whatever is still running under our worker id).
  */
 #include <math.h>
 #include <stdio.h>
@@ -101,10 +101,6 @@ static int free_capacity(const Engine *e)
 	return cap;
 }
 
-static int held(const Engine *e)
-{
-	return e->njobs;
-}
 
 /* ------------------------------------------------------------ completions */
 
@@ -563,7 +559,7 @@ static void engine_maybe_claim(Engine *e)
 		threshold = 50;
 	if (threshold < 1)
 		threshold = 1;
-	if (cap < threshold && !e->urgent && held(e) > 0)
+	if (cap < threshold && !e->urgent && e->njobs > 0)
 		return;
 	if (cap > 1000)
 		cap = 1000;
@@ -741,14 +737,6 @@ static char *routes_json(const Config *cfg)
 	return sb_steal(&sb);
 }
 
-static bool config_has_hooks(const Config *cfg)
-{
-	for (int i = 0; i < cfg->nroutes; i++)
-		if (cfg->routes[i]->hook || cfg->routes[i]->on_batch_done)
-			return true;
-	return false;
-}
-
 static int send_sync_routes(Engine *e, db_result_cb cb)
 {
 	char *json = routes_json(e->cfg);
@@ -773,9 +761,7 @@ static void setup_routes_done(PGresult *res, void *arg)
 
 	if (!res)
 		return;
-	if (!db_result_ok(res) && !(strcmp(db_result_sqlstate(res), "42883") == 0 &&
-				    !config_has_hooks(e->cfg))) {
-		/* (42883: a schema without hooks is fine when no route uses them) */
+	if (!db_result_ok(res)) {
 		char msg[700];
 		snprintf(msg, sizeof(msg), "recording the routes' hooks failed: %s",
 			 db_result_error(res));
