@@ -17,8 +17,6 @@
 #include "batchd/http.h"
 #include "batchd/log.h"
 
-#define EASY_POOL_MAX 4096
-
 typedef struct SockCtx {
 	struct event *ev;
 	curl_socket_t fd;
@@ -32,8 +30,6 @@ struct Http {
 	int running;
 	http_done_cb done;
 	void *arg;
-	CURL **pool;
-	int npool;
 	bool draining;
 };
 
@@ -152,7 +148,6 @@ Http *http_new(struct event_base *base, int max_connections, http_done_cb done, 
 	if (!h->multi)
 		fatal("curl_multi_init failed");
 	h->timer = evtimer_new(base, timer_event_cb, h);
-	h->pool = xcalloc(EASY_POOL_MAX, sizeof(CURL *));
 	curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
 	curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
 	curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
@@ -169,32 +164,8 @@ void http_free(Http *h)
 		return;
 	/* the socket callback fires inside cleanup: base must still exist */
 	curl_multi_cleanup(h->multi);
-	for (int i = 0; i < h->npool; i++)
-		curl_easy_cleanup(h->pool[i]);
-	free(h->pool);
 	event_free(h->timer);
 	free(h);
-}
-
-CURL *http_easy_get(Http *h)
-{
-	CURL *e;
-	if (h->npool > 0)
-		return h->pool[--h->npool];
-	e = curl_easy_init();
-	if (!e)
-		fatal("curl_easy_init failed");
-	return e;
-}
-
-void http_easy_release(Http *h, CURL *easy)
-{
-	if (h->npool < EASY_POOL_MAX) {
-		curl_easy_reset(easy);
-		h->pool[h->npool++] = easy;
-	} else {
-		curl_easy_cleanup(easy);
-	}
 }
 
 int http_start(Http *h, CURL *easy)

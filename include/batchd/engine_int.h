@@ -65,6 +65,8 @@ typedef struct Job {
 
 	/* the transfer */
 	CURL *easy;
+	ProvState *easy_ps;        /* whose pool the handle goes back to */
+	uint64_t easy_gen;         /* ... and for which of its sections */
 	struct curl_slist *headers;
 	StrBuf url;
 	StrBuf body;
@@ -90,6 +92,9 @@ struct ProvState {
 	struct event *br_timer;    /* OPEN -> HALF_OPEN */
 	bool removed;              /* gone from the config at a reload */
 	double share;              /* this worker's share of the rate (fleet) */
+	uint64_t gen;              /* bumped when cfg changes (reload) */
+	CURL **pool;               /* idle easy handles set up for cfg */
+	int npool, pool_cap;
 
 	/* counters for metrics and status */
 	uint64_t requests;

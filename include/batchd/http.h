@@ -18,17 +18,11 @@ typedef struct Http Http;
 
 /* Called once per finished transfer with the easy handle's private pointer.
  * The easy handle has been removed from the multi already; the callee owns
- * it again (reuse it through http_easy_release). */
+ * it again (to reuse or clean up; its connection stays cached in the multi). */
 typedef void (*http_done_cb)(CURL *easy, CURLcode code, void *priv, void *arg);
 
 Http *http_new(struct event_base *base, int max_connections, http_done_cb done, void *arg);
 void http_free(Http *h);
-
-/* A reset easy handle from the pool (or a new one). */
-CURL *http_easy_get(Http *h);
-/* Return a handle to the pool (it is reset; its connection stays cached in
- * the multi). */
-void http_easy_release(Http *h, CURL *easy);
 
 /* Start a configured transfer; returns 0 or -1 (then the handle is still
  * the caller's). */

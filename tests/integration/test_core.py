@@ -3,6 +3,7 @@ recorded once, bad provider responses fail cleanly, LISTEN/NOTIFY wakes an
 idle batchd, graceful stop."""
 
 import json
+import signal
 import time
 
 import pytest
@@ -277,6 +278,50 @@ def test_post_sends_payload_as_json_body(db, conn, mock, batchd_factory):
     assert echoed == payload
     reqs = mock.all_requests()
     assert [r["method"] for r in reqs] == ["POST"]
+
+
+@pytest.mark.parametrize("method,body", [("GET", None), ("PUT", None), ("PATCH", None),
+                                         ("DELETE", None), ("DELETE", '{"k": {id}}')])
+def test_methods_on_reused_handles(db, conn, mock, batchd_factory, method, body):
+    # Two transfers at a time over 30 items: every request after the first two
+    # runs on an easy handle set up for an earlier one (the provider's pool).
+    prov = {"method": method}
+    if body:
+        prov["body"] = body
+    start(batchd_factory, db, mock, provider=prov, max_inflight=2)
+    payloads = [{"id": i, "v": f"x{i}"} for i in range(1, 31)]
+    bid = submit(conn, "t", ROUTE, payloads)
+    assert wait_batch_done(conn, bid)["status"] == "completed"
+    reqs = mock.all_requests()
+    assert len(reqs) == 30 and {r["method"] for r in reqs} == {method}
+    for it in items(conn, bid):
+        res = it["result"]
+        assert res["method"] == method and res["path"] == f"/item/{it['payload']['id']}"
+        if method in ("GET", "DELETE") and not body:
+            assert "body" not in res, res          # no body sent
+        elif body:
+            assert res["body"] == {"k": it["payload"]["id"]}, res
+        else:
+            assert res["body"] == it["payload"], res
+
+
+def test_reload_applies_new_request_settings(db, conn, mock, batchd_factory):
+    # Pooled easy handles carry the provider's method, timeouts and the like:
+    # a reload must not send the next requests with the old ones.
+    d = start(batchd_factory, db, mock, provider={"method": "POST"}, max_inflight=2)
+    first = submit(conn, "t", ROUTE, [{"id": i} for i in range(1, 11)])
+    assert wait_batch_done(conn, first)["status"] == "completed"
+    with open(d.config_path) as f:
+        text = f.read()
+    assert "method = POST" in text
+    with open(d.config_path, "w") as f:
+        f.write(text.replace("method = POST", "method = PUT"))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in d.log(), 5, desc="reload logged")
+    mock.reset()
+    second = submit(conn, "t", ROUTE, [{"id": i} for i in range(11, 21)])
+    assert wait_batch_done(conn, second)["status"] == "completed"
+    assert [r["method"] for r in mock.all_requests()] == ["PUT"] * 10
 
 
 def test_body_template(db, conn, mock, batchd_factory):
