@@ -501,6 +501,7 @@ static int set_providers(ConfigCtx *ctx, const ConfigKey *key, void *obj, const 
 #define MAX_RATE 1000000        /* requests per second */
 
 static const ConfigKey batchd_keys[] = {
+	{ "claim_ahead", set_int, CFG(claim_ahead), 0, 100000, false },
 	{ "database", set_string, CFG(database), 1, 0, false },
 	{ "flush_interval", set_duration, CFG(flush_interval_ms), 0, 60 * 1000, false },
 	{ "flush_size", set_int, CFG(flush_size), 1, 100000, false },
@@ -952,6 +953,12 @@ static void config_validate(ConfigCtx *ctx)
 	if (!cfg->database)
 		ctx_fail_at(ctx, ctx->batchd_line,
 			    "[batchd] database is required (or set BATCHD_DATABASE)");
+	if (cfg->claim_ahead < 0) {
+		/* enough to cover a claim round trip at full speed, no hoarding */
+		cfg->claim_ahead = cfg->max_inflight / 10;
+		if (cfg->claim_ahead > 100)
+			cfg->claim_ahead = 100;
+	}
 
 	for (i = 0; i < cfg->nproviders && !ctx->failed; i++) {
 		Provider *p = cfg->providers[i];
@@ -1005,6 +1012,7 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	cfg = xcalloc(1, sizeof(*cfg));
 	cfg->path = xstrdup(path);
 	cfg->max_inflight = 100;
+	cfg->claim_ahead = -1;          /* auto: set in config_validate */
 	cfg->log_level = LG_INFO;
 	cfg->log_format = LOGF_AUTO;
 	cfg->shutdown_timeout_ms = 30 * 1000;

@@ -340,6 +340,12 @@ static bool ps_can_start(ProvState *ps, int64_t now, int64_t *wait_us)
 		*wait_us = -1;
 		return false;
 	}
+	if (ps->e->ntransfers >= ps->e->cfg->max_inflight) {
+		/* the claim_ahead items wait here for a transfer to end */
+		ps->e->transfers_full = true;
+		*wait_us = -1;
+		return false;
+	}
 	if (!tb_take(&ps->tb, now)) {
 		*wait_us = tb_wait_us(&ps->tb, now);
 		if (*wait_us < 1)
@@ -890,6 +896,26 @@ static void observe_latency(ProvState *ps, double secs)
 			ps->lat_buckets[i]++;
 }
 
+/*
+ * A transfer ended while providers waited for one of max_inflight's slots:
+ * let each try in turn, starting after the provider that just freed one,
+ * so that no provider keeps the slots to itself.
+ */
+static void wake_for_slot(Engine *e, ProvState *from)
+{
+	int n = e->nprovs, k0 = 0;
+
+	e->transfers_full = false;
+	for (int k = 0; k < n; k++)
+		if (e->provs[k] == from)
+			k0 = k;
+	for (int i = 1; i <= n; i++) {
+		ProvState *ps = e->provs[(k0 + i) % n];
+		if (ps->qhead || ps == from)
+			ps_wake(ps);
+	}
+}
+
 void dispatch_transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 {
 	Engine *e = arg;
@@ -946,8 +972,11 @@ void dispatch_transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 		br_on_success(&ps->br, now_monotonic_us());
 
 	job_outcome(e, j, out, status, out == OUT_SUCCESS ? NULL : err);
-	/* a slot is free on ps */
-	ps_wake(ps);
+	/* a slot is free on ps, and one of max_inflight */
+	if (e->transfers_full)
+		wake_for_slot(e, ps);
+	else
+		ps_wake(ps);
 	engine_after_event(e);
 }
 

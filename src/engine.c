@@ -1,10 +1,13 @@
 /*
  * engine.c - claim, dispatch, outcome and completion on one event loop.
  *
- * Capacity.  A job holds a slot of max_inflight from its claim until its
- * outcome is known (transfer, provider queue, backoff); outcomes waiting to
- * be written are bounded separately (free_capacity), so the buffer cannot
- * grow while the database is slow or away.
+ * Capacity.  A job holds a slot of max_inflight + claim_ahead from its
+ * claim until its outcome is known (transfer, provider queue, backoff);
+ * transfers are capped at max_inflight (dispatch.c), so the claim_ahead
+ * items wait in the providers' queues and take a slot the moment a transfer
+ * ends, without a claim round trip in between.  Outcomes waiting to be
+ * written are bounded separately (free_capacity), so the buffer cannot grow
+ * while the database is slow or away.
  *
  * Statements.  A claim is one call of batchd.claim_items() on the engine
  * connection (with heartbeats, LISTEN and registration); a flush is one
@@ -85,15 +88,17 @@ static void arm_ms(struct event *ev, int64_t ms)
 }
 
 /*
- * Free capacity for claims: max_inflight counts the items this process
- * holds before their outcome (transfers, provider queues, backoff).  An
- * outcome waiting to be written no longer holds a slot, but the buffer of
- * such outcomes is bounded too (another max_inflight), so a slow or absent
- * database stops the claims instead of growing memory.
+ * Free capacity for claims: max_inflight + claim_ahead counts the items
+ * this process holds before their outcome (transfers, provider queues,
+ * backoff).  An outcome waiting to be written no longer holds a slot, but
+ * the buffer of such outcomes is bounded too (another max_inflight), so a
+ * slow or absent database stops the claims instead of growing memory.
  */
+#define CLAIM_MAX 250
+
 static int free_capacity(const Engine *e)
 {
-	int cap = e->cfg->max_inflight - e->njobs;
+	int cap = e->cfg->max_inflight + e->cfg->claim_ahead - e->njobs;
 	int buffered = e->pending.n + e->flushing.n;
 
 	if (buffered >= e->cfg->max_inflight)
@@ -561,8 +566,13 @@ static void engine_maybe_claim(Engine *e)
 		threshold = 1;
 	if (cap < threshold && !e->urgent && e->njobs > 0)
 		return;
-	if (cap > 1000)
-		cap = 1000;
+	/*
+	 * At most CLAIM_MAX a statement: at a cold start (1000 free slots)
+	 * the first items go out while the next claim runs in the database,
+	 * instead of after one long claim and a thousand connects in a row.
+	 */
+	if (cap > CLAIM_MAX)
+		cap = CLAIM_MAX;
 	snprintf(limit, sizeof(limit), "%d", cap);
 	params[0] = e->bd->worker_id;
 	params[1] = e->routes_param;

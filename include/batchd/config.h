@@ -1,7 +1,8 @@
 /*
  * config.h - the INI configuration (contract: see README "Configuration").
  *
- *   [batchd]            database, listen, max_inflight, log_level, log_format,
+ *   [batchd]            database, listen, max_inflight, claim_ahead,
+ *                       log_level, log_format,
  *                       shutdown_timeout, poll_interval, flush_interval,
  *                       flush_size
  *   [provider NAME]     url, method, header (repeatable), body, timeout,
@@ -72,7 +73,9 @@ typedef struct Config {
 	char *path;
 	char *database;            /* libpq conninfo string or URI */
 	char *listen;              /* "127.0.0.1:8080", "[::1]:8080"; NULL: no HTTP */
-	int max_inflight;          /* default 100, 1..100000 */
+	int max_inflight;          /* transfers at once; default 100, 1..100000 */
+	int claim_ahead;           /* items held beyond max_inflight; default
+	                            * max_inflight / 10, at most 100 */
 	enum LogLevel log_level;   /* default info */
 	enum LogFormat log_format; /* default text */
 	int64_t shutdown_timeout_ms; /* default 30s */

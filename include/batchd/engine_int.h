@@ -154,7 +154,8 @@ struct Engine {
 
 	Job *jobs;                /* every live job */
 	int njobs;
-	int ntransfers;
+	int ntransfers;            /* at most cfg->max_inflight */
+	bool transfers_full;       /* a provider waits for a transfer slot */
 
 	Config **retired;         /* older configs still referenced by jobs */
 	int *retired_jobs;

@@ -5,6 +5,7 @@ idle batchd, graceful stop."""
 import json
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -85,6 +86,36 @@ def test_max_inflight_is_used_and_respected(db, conn, mock, batchd_factory):
     assert st["max_inflight"] >= 10, f"calls are not run concurrently: {st}"
     # 200 calls of 50 ms, 20 at a time: 0.5 s when concurrent, 10 s when serial
     assert elapsed < 5, f"200 x 50ms calls at max_inflight 20 took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("ahead", [0, 4])
+def test_claim_ahead_holds_more_but_sends_max_inflight(db, conn, mock, batchd_factory, ahead):
+    # max_inflight caps the transfers; claim_ahead more items wait in the
+    # provider's queue (running in the database, under this worker) and start
+    # the moment a transfer ends.
+    d = start(batchd_factory, db, mock,
+              provider={"url": mock.url("/item/{id}?latency_ms=200")},
+              max_inflight=3, claim_ahead=ahead)
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(30)])
+    held, inflight = [], []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        b = batch(conn, bid)
+        _, text = http_get(f"http://127.0.0.1:{d.port}/metrics")
+        m = dict(line.split(" ", 1) for line in text.decode().splitlines()
+                 if line.startswith(("batchd_held_items ", "batchd_inflight ")))
+        held.append(int(m["batchd_held_items"]))
+        inflight.append(int(m["batchd_inflight"]))
+        if b["status"] == "completed":
+            break
+        time.sleep(0.02)
+    assert b["status"] == "completed", b
+    st = mock.stats()
+    assert st["max_inflight"] == 3, f"transfers at once: {st}"
+    assert max(inflight) == 3, inflight
+    assert max(held) == 3 + ahead, f"items held at once: {held}"
+    # 30 calls of 200 ms, 3 at a time: 2 s whether or not items wait ahead
+    assert b["finished_at"] - b["started_at"] < timedelta(seconds=4), b
 
 
 def test_two_batches_and_worker_registered(db, conn, mock, batchd_factory):

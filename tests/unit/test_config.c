@@ -129,6 +129,7 @@ static void test_full(void **state)
 	assert_string_equal(cfg->database, "host=/tmp dbname=batchd");
 	assert_string_equal(cfg->listen, "127.0.0.1:8080");
 	assert_int_equal(cfg->max_inflight, 250);
+	assert_int_equal(cfg->claim_ahead, 25);      /* a tenth of max_inflight */
 	assert_int_equal(cfg->log_level, LG_DEBUG);
 	assert_int_equal(cfg->log_format, LOGF_JSON);
 	assert_int_equal(cfg->shutdown_timeout_ms, 120000);
@@ -192,6 +193,7 @@ static void test_defaults(void **state)
 	assert_string_equal(cfg->database, "dbname=x");
 	assert_null(cfg->listen);
 	assert_int_equal(cfg->max_inflight, 100);
+	assert_int_equal(cfg->claim_ahead, 10);
 	assert_int_equal(cfg->log_level, LG_INFO);
 	assert_int_equal(cfg->log_format, LOGF_AUTO);
 	assert_int_equal(cfg->shutdown_timeout_ms, 30000);
@@ -789,6 +791,30 @@ static void test_database_env(void **state)
 		 1, "[batchd] database is required (or set BATCHD_DATABASE)");
 }
 
+static void test_claim_ahead(void **state)
+{
+	Config *cfg;
+
+	/* a tenth of max_inflight, at most 100; explicit values as given */
+	cfg = load_ok("[batchd]\ndatabase = x\nmax_inflight = 5000\n"
+		      "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n");
+	assert_int_equal(cfg->claim_ahead, 100);
+	config_free(cfg);
+	cfg = load_ok("[batchd]\ndatabase = x\nmax_inflight = 5\n"
+		      "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n");
+	assert_int_equal(cfg->claim_ahead, 0);
+	config_free(cfg);
+	cfg = load_ok("[batchd]\ndatabase = x\nmax_inflight = 1000\nclaim_ahead = 0\n"
+		      "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n");
+	assert_int_equal(cfg->claim_ahead, 0);
+	config_free(cfg);
+	cfg = load_ok("[batchd]\ndatabase = x\nclaim_ahead = 500\n"
+		      "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n");
+	assert_int_equal(cfg->claim_ahead, 500);
+	assert_int_equal(cfg->max_inflight, 100);
+	config_free(cfg);
+}
+
 static void test_errors_keys(void **state)
 {
 	load_err("[batchd]\ndatabase = x\nbogus = 1\n", 3, "unknown key 'bogus' in [batchd]");
@@ -814,6 +840,8 @@ static void test_errors_values(void **state)
 		 "max_inflight: invalid value '0' (expected an integer from 1 to 100000)");
 	load_err("[batchd]\ndatabase = x\nmax_inflight = 100001\n", 3,
 		 "max_inflight: invalid value '100001' (expected an integer from 1 to 100000)");
+	load_err("[batchd]\ndatabase = x\nclaim_ahead = -1\n", 3,
+		 "claim_ahead: invalid value '-1' (expected an integer from 0 to 100000)");
 	load_err("[batchd]\ndatabase = x\nflush_size = ten\n", 3,
 		 "flush_size: invalid value 'ten' (expected an integer from 1 to 100000)");
 	load_err("[batchd]\ndatabase = x\nlog_level = verbose\n", 3,
@@ -942,6 +970,7 @@ int main(void)
 		cmocka_unit_test_setup(test_env_unset, setup),
 		cmocka_unit_test_setup(test_expand_env_direct, setup),
 		cmocka_unit_test_setup(test_database_env, setup),
+		cmocka_unit_test_setup(test_claim_ahead, setup),
 		cmocka_unit_test_setup(test_errors_keys, setup),
 		cmocka_unit_test_setup(test_errors_values, setup),
 		cmocka_unit_test_setup(test_errors_sections, setup),
