@@ -121,7 +121,8 @@ static void append_tries(StrBuf *sb, const Job *j)
 			sb_putc(sb, ',');
 		first = false;
 		json_append_string(sb, name, strlen(name));
-		sb_printf(sb, ":%d", j->tries_by[i]);
+		sb_putc(sb, ':');
+		sb_put_i64(sb, j->tries_by[i]);
 	}
 	sb_putc(sb, '}');
 }
@@ -146,9 +147,15 @@ void engine_record(Engine *e, Job *j, const char *status, long http_status,
 	RouteStats *rs = route_stats(e, j->route);
 
 	sb_init(&sb);
-	sb_printf(&sb, "{\"id\":%lld,\"status\":\"%s\",\"http_status\":", (long long)j->id, status);
+	/* one per item: appends, not printf */
+	sb_reserve(&sb, 256 + blen);
+	sb_puts(&sb, "{\"id\":");
+	sb_put_i64(&sb, j->id);
+	sb_puts(&sb, ",\"status\":\"");
+	sb_puts(&sb, status);
+	sb_puts(&sb, "\",\"http_status\":");
 	if (http_status > 0)
-		sb_printf(&sb, "%ld", http_status);
+		sb_put_i64(&sb, http_status);
 	else
 		sb_puts(&sb, "null");
 	sb_puts(&sb, ",\"result\":");
@@ -169,10 +176,14 @@ void engine_record(Engine *e, Job *j, const char *status, long http_status,
 	append_tries(&sb, j);
 	if (j->started_us) {
 		format_timestamp(j->started_us, ts, sizeof(ts));
-		sb_printf(&sb, ",\"started_at\":\"%s\"", ts);
+		sb_puts(&sb, ",\"started_at\":\"");
+		sb_puts(&sb, ts);
+		sb_putc(&sb, '"');
 	}
 	format_timestamp(now_realtime_us(), ts, sizeof(ts));
-	sb_printf(&sb, ",\"finished_at\":\"%s\"}", ts);
+	sb_puts(&sb, ",\"finished_at\":\"");
+	sb_puts(&sb, ts);
+	sb_puts(&sb, "\"}");
 
 	if (strcmp(status, "succeeded") == 0) {
 		e->st.succeeded++;

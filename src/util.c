@@ -131,6 +131,21 @@ void sb_putc(StrBuf *sb, char c)
 	sb->data[sb->len] = '\0';
 }
 
+void sb_put_i64(StrBuf *sb, int64_t v)
+{
+	char buf[24], *p = buf + sizeof(buf);
+	/* through unsigned: INT64_MIN has no positive counterpart */
+	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+
+	do {
+		*--p = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		*--p = '-';
+	sb_append(sb, p, (size_t)(buf + sizeof(buf) - p));
+}
+
 void sb_printf(StrBuf *sb, const char *fmt, ...)
 {
 	va_list ap;

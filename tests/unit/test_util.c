@@ -244,6 +244,19 @@ static void test_strbuf(void **state)
 	assert_int_equal(sb.data[5000], '|');
 	assert_int_equal(sb.data[5001], '\0');
 
+	/* integers without printf, the extremes included */
+	sb_reset(&sb);
+	sb_put_i64(&sb, 0);
+	sb_putc(&sb, ' ');
+	sb_put_i64(&sb, -7);
+	sb_putc(&sb, ' ');
+	sb_put_i64(&sb, 1234567890123LL);
+	sb_putc(&sb, ' ');
+	sb_put_i64(&sb, INT64_MAX);
+	sb_putc(&sb, ' ');
+	sb_put_i64(&sb, INT64_MIN);
+	assert_string_equal(sb.data, "0 -7 1234567890123 9223372036854775807 -9223372036854775808");
+
 	/* embedded NUL via sb_append is kept in len */
 	sb_reset(&sb);
 	sb_append(&sb, "a\0b", 3);
