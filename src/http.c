@@ -31,7 +31,6 @@ struct Http {
 	http_done_cb done;
 	void *arg;
 	bool draining;
-	bool kick;                 /* a handle was added while draining */
 };
 
 static void http_drain(Http *h);
@@ -122,7 +121,6 @@ static void http_drain(Http *h)
 	if (h->draining)
 		return;
 	h->draining = true;
-again:
 	while ((msg = curl_multi_info_read(h->multi, &left)) != NULL) {
 		CURL *easy;
 		CURLcode code;
@@ -136,21 +134,6 @@ again:
 		curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&priv);
 		curl_multi_remove_handle(h->multi, easy);
 		h->done(easy, code, priv, h->arg);
-	}
-	if (h->kick) {
-		/*
-		 * The done callbacks started transfers (typically the next item on
-		 * the connection just freed).  curl would start them from its
-		 * zero timeout, i.e. after every other event of this loop turn,
-		 * which under load is milliseconds; start them now instead.  This
-		 * is outside any curl callback, so socket_action may be called.
-		 */
-		h->kick = false;
-		CURLMcode rc = curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0,
-						       &h->running);
-		if (rc != CURLM_OK)
-			log_error("http: curl_multi_socket_action(kick): %s", curl_multi_strerror(rc));
-		goto again;
 	}
 	h->draining = false;
 }
@@ -193,8 +176,6 @@ int http_start(Http *h, CURL *easy)
 		return -1;
 	}
 	h->running++;
-	if (h->draining)
-		h->kick = true;
 	return 0;
 }
 
