@@ -81,6 +81,9 @@ static void rec_prepend(RecList *dst, RecList *src)
 	src->n = 0;
 }
 
+/* items one claim statement asks for at most (see engine_maybe_claim) */
+#define CLAIM_MAX 250
+
 static void arm_ms(struct event *ev, int64_t ms)
 {
 	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
@@ -94,8 +97,6 @@ static void arm_ms(struct event *ev, int64_t ms)
  * the buffer of such outcomes is bounded too (another max_inflight), so a
  * slow or absent database stops the claims instead of growing memory.
  */
-#define CLAIM_MAX 250
-
 static int free_capacity(const Engine *e)
 {
 	int cap = e->cfg->max_inflight + e->cfg->claim_ahead - e->njobs;

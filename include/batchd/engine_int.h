@@ -154,7 +154,7 @@ struct Engine {
 
 	Job *jobs;                /* every live job */
 	int njobs;
-	int ntransfers;            /* at most cfg->max_inflight */
+	int ntransfers;            /* none starts at cfg->max_inflight or more */
 	bool transfers_full;       /* a provider waits for a transfer slot */
 
 	Config **retired;         /* older configs still referenced by jobs */
