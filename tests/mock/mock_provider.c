@@ -745,12 +745,61 @@ fail:
 	return false;
 }
 
+/* ------------------------------------------------------------- gzip */
+
+static uint32_t crc32_ieee(const unsigned char *p, size_t n)
+{
+	uint32_t c = 0xFFFFFFFFu;
+	while (n--) {
+		c ^= *p++;
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+	}
+	return ~c;
+}
+
+static void put_le32(sb_t *s, uint32_t v)
+{
+	unsigned char b[4] = { v & 0xFF, (v >> 8) & 0xFF, (v >> 16) & 0xFF, v >> 24 };
+	sb_put(s, b, 4);
+}
+
+/*
+ * Replace s's contents by a gzip member (RFC 1952) holding them in stored
+ * deflate blocks (RFC 1951, BTYPE 00): a valid stream any inflater reads,
+ * made without zlib.
+ */
+static void gzip_stored(sb_t *s)
+{
+	static const unsigned char hdr[10] = { 0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255 };
+	sb_t g;
+	size_t off = 0;
+
+	sb_init(&g);
+	sb_put(&g, hdr, sizeof hdr);
+	do {
+		size_t n = s->len - off > 65535 ? 65535 : s->len - off;
+		bool last = off + n == s->len;
+		unsigned char bh[5] = { last ? 1 : 0, n & 0xFF, (n >> 8) & 0xFF,
+		    ~n & 0xFF, (~n >> 8) & 0xFF };
+		sb_put(&g, bh, sizeof bh);
+		sb_put(&g, s->b + off, n);
+		off += n;
+	} while (off < s->len);
+	put_le32(&g, crc32_ieee((const unsigned char *)s->b, s->len));
+	put_le32(&g, (uint32_t)s->len);
+	s->len = 0;
+	sb_put(s, g.b, g.len);
+	sb_free(&g);
+}
+
 /* ------------------------------------------------------- behaviour config */
 
 enum mode { M_JSON, M_TEXT, M_BIG, M_EMPTY, M_HANG, M_RESET, M_BADJSON,
-	M_HTML, M__COUNT };
+	M_HTML, M_GZIP, M_BADUTF8, M__COUNT };
 static const char *const mode_names[M__COUNT] = {
 	"json", "text", "big", "empty", "hang", "reset", "badjson", "html",
+	"gzip", "badutf8",
 };
 
 enum field { F_LATENCY, F_JITTER, F_STATUS, F_ERATE, F_ESTATUS, F_FAILFIRST,
@@ -1179,15 +1228,54 @@ typedef struct pend {
 	_Alignas(16) unsigned char ev[]; /* 2 struct event: timer, watch */
 } pend;
 
+/*
+ * The value of request header name; when it was sent more than once, all
+ * values joined by ", " in *join (as a list-valued header reads), so a
+ * duplicate shows in the log. NULL when absent.
+ */
+static const char *header_values(struct evkeyvalq *h, const char *name, sb_t *join)
+{
+	struct evkeyval *kv;
+	const char *first = NULL;
+	int n = 0;
+
+	TAILQ_FOREACH(kv, h, next) {
+		if (evutil_ascii_strcasecmp(kv->key, name) != 0)
+			continue;
+		if (n++ == 0) {
+			first = kv->value;
+			continue;
+		}
+		if (n == 2)
+			sb_puts(join, first);
+		sb_puts(join, ", ");
+		sb_puts(join, kv->value);
+	}
+	if (n < 2)
+		return first;
+	sb_put(join, "", 1);
+	return join->b;
+}
+
 /* One logged request, compactly. */
 typedef struct {
 	int64_t t_us, done_us;   /* done_us 0: not done */
 	const idrec *id;
-	char *blob;              /* path, idempotency key, authorization */
-	uint16_t path_len, idem_len, auth_len;
+	char *blob;              /* path, then the logged headers (LOG_HDRS) */
+	uint16_t path_len;
+	uint16_t hlen[4];        /* LOG_STR_NONE: header absent */
 	int16_t status;          /* -1: no answer (yet) */
 	uint8_t method;
 } logent;
+
+/* request headers kept in the log, in blob order, with their JSON names */
+static const char *const log_hdrs[4] = {
+	"Idempotency-Key", "Authorization", "User-Agent", "Accept-Encoding",
+};
+static const char *const log_hdr_keys[4] = {
+	"idempotency_key", "authorization", "user_agent", "accept_encoding",
+};
+#define LOG_HDRS 4
 
 static const char *const method_names[] = {
 	"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT",
@@ -1772,24 +1860,29 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 		st.max_inflight = st.inflight;
 	{
 		logent *e = ring_at(seq);
-		const char *idem = evhttp_find_header(ih, "Idempotency-Key");
-		const char *auth = evhttp_find_header(ih, "Authorization");
-		size_t pl = cap_len(plen);
-		size_t il = idem ? cap_len(strlen(idem)) : 0;
-		size_t al = auth ? cap_len(strlen(auth)) : 0;
+		const char *hv[LOG_HDRS];
+		size_t hl[LOG_HDRS], pl = cap_len(plen), total = pl, off = pl;
+		sb_t joined[LOG_HDRS];
+		for (int k = 0; k < LOG_HDRS; k++) {
+			sb_init(&joined[k]);
+			hv[k] = header_values(ih, log_hdrs[k], &joined[k]);
+			hl[k] = hv[k] ? cap_len(strlen(hv[k])) : 0;
+			total += hl[k];
+		}
 		free(e->blob);
-		e->blob = xmalloc(pl + il + al);
+		e->blob = xmalloc(total ? total : 1);
 		memcpy(e->blob, path, pl);
-		if (il)
-			memcpy(e->blob + pl, idem, il);
-		if (al)
-			memcpy(e->blob + pl + il, auth, al);
+		for (int k = 0; k < LOG_HDRS; k++) {
+			if (hl[k])
+				memcpy(e->blob + off, hv[k], hl[k]);
+			off += hl[k];
+			e->hlen[k] = hv[k] ? (uint16_t)hl[k] : LOG_STR_NONE;
+			sb_free(&joined[k]);
+		}
 		e->t_us = t;
 		e->done_us = 0;
 		e->id = rec;
 		e->path_len = (uint16_t)pl;
-		e->idem_len = idem ? (uint16_t)il : LOG_STR_NONE;
-		e->auth_len = auth ? (uint16_t)al : LOG_STR_NONE;
 		e->status = -1;
 		e->method = (uint8_t)midx;
 	}
@@ -1828,6 +1921,7 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 	int status = (int)e.iv[F_STATUS];
 	int action = A_SEND;
 	const char *ctype = NULL;
+	const char *cenc = NULL;
 
 	if (e.iv[F_DOWN])
 		why = "down";
@@ -1851,7 +1945,8 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 		sb_putc(&s, '}');
 	} else {
 		switch (e.iv[F_MODE]) {
-		case M_JSON: {
+		case M_JSON:
+		case M_GZIP: {
 			struct evbuffer *in = evhttp_request_get_input_buffer(req);
 			size_t bl = evbuffer_get_length(in);
 			ctype = "application/json";
@@ -1871,6 +1966,10 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 				}
 			}
 			sb_putc(&s, '}');
+			if (e.iv[F_MODE] == M_GZIP) {
+				gzip_stored(&s);
+				cenc = "gzip";
+			}
 			break;
 		}
 		case M_TEXT:
@@ -1888,6 +1987,11 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 		case M_BADJSON:
 			ctype = "application/json";
 			sb_puts(&s, "{not json");
+			break;
+		case M_BADUTF8:
+			/* JSON in shape, but an overlong UTF-8 '/' in a string */
+			ctype = "application/json";
+			sb_puts(&s, "{\"s\":\"a\xc0\xaf" "b\"}");
 			break;
 		case M_BIG:
 			ctype = "application/json";
@@ -1908,6 +2012,8 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 			ctype = e.sv[F_CTYPE];
 		if (ctype)
 			evhttp_add_header(oh, "Content-Type", ctype);
+		if (cenc)
+			evhttp_add_header(oh, "Content-Encoding", cenc);
 		if (e.sv[F_RETRY] && (status == 429 || status == 503))
 			evhttp_add_header(oh, "Retry-After", e.sv[F_RETRY]);
 		if (s.len)
@@ -2040,7 +2146,6 @@ static void ctl_requests(struct evhttp_request *req, struct evkeyvalq *q)
 	for (uint64_t seq = start; seq < stop; seq++) {
 		const logent *e = ring_at(seq);
 		const char *b = e->blob;
-		size_t il = e->idem_len == LOG_STR_NONE ? 0 : e->idem_len;
 		if (seq != start)
 			sb_putc(&s, ',');
 		sb_puts(&s, "{\"seq\":");
@@ -2063,10 +2168,17 @@ static void ctl_requests(struct evhttp_request *req, struct evkeyvalq *q)
 			sb_i64(&s, e->status);
 		else
 			sb_puts(&s, "null");
-		sb_puts(&s, ",\"idempotency_key\":");
-		sb_logstr(&s, b + e->path_len, e->idem_len);
-		sb_puts(&s, ",\"authorization\":");
-		sb_logstr(&s, b + e->path_len + il, e->auth_len);
+		{
+			size_t off = e->path_len;
+			for (int k = 0; k < LOG_HDRS; k++) {
+				sb_puts(&s, ",\"");
+				sb_puts(&s, log_hdr_keys[k]);
+				sb_puts(&s, "\":");
+				sb_logstr(&s, b + off, e->hlen[k]);
+				if (e->hlen[k] != LOG_STR_NONE)
+					off += e->hlen[k];
+			}
+		}
 		sb_putc(&s, '}');
 	}
 	sb_puts(&s, "]}\n");
