@@ -1306,6 +1306,16 @@ static int submit_check(const Config *cfg, const char *body, size_t len, SubmitC
 	yajl_free(h);
 	if (c->err[0])
 		return -1;
+	/*
+	 * yajl checks UTF-8 loosely (overlong forms, surrogates, code points
+	 * past U+10FFFF pass) and takes \v and \f as whitespace; PostgreSQL
+	 * would refuse the body later. json_is_valid is strict.
+	 */
+	if (!json_is_valid(body, len)) {
+		snprintf(c->err, sizeof(c->err),
+			 "malformed JSON: not well-formed UTF-8, or not exactly one JSON value");
+		return -1;
+	}
 	if (!(c->seen & (1u << SK_ROUTE)))
 		snprintf(c->err, sizeof(c->err), "route is required");
 	else if (!(c->seen & (1u << SK_ITEMS)) || c->nitems == 0)

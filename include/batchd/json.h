@@ -11,11 +11,13 @@
  * NUL becomes U+FFFD too (PostgreSQL's jsonb cannot hold \u0000). */
 void json_append_string(StrBuf *sb, const char *s, size_t len);
 
-/* True when buf holds exactly one complete, valid JSON value. */
+/* True when buf holds exactly one complete, valid JSON value (RFC 8259,
+ * well-formed UTF-8, nesting at most 512 deep). */
 bool json_is_valid(const char *buf, size_t len);
 
 /* Append a provider body as a JSON value: the body itself when it is valid
- * JSON, else the body as a JSON string. */
+ * JSON that jsonb accepts as it is (no \u0000, no unpaired surrogate
+ * escape), else the body as a JSON string. */
 void json_append_body(StrBuf *sb, const char *buf, size_t len);
 
 /* Append a yajl tree value as compact JSON. */

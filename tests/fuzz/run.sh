@@ -6,6 +6,7 @@
 #   fuzz_config   config_load() on arbitrary INI text (src/config.c)
 #   fuzz_tmpl     tmpl_check_url() + tmpl_render(), all modes (src/tmpl.c)
 #   fuzz_submit   api_validate_submit(), the POST /v1/batches body check
+#   fuzz_json     json_is_valid() + json_append_body() (src/json.c)
 #
 # Targets are built with clang -fsanitize=fuzzer,address,undefined into
 # $FUZZ_BUILD_DIR (default <repo>/build/fuzz), never into the source tree.
@@ -19,7 +20,7 @@
 # Environment:
 #   CC               clang to use (default clang-14, else clang)
 #   FUZZ_BUILD_DIR   build and work directory
-#   FUZZ_TARGETS     targets to run, space separated (default all three)
+#   FUZZ_TARGETS     targets to run, space separated (default all four)
 #   FUZZ_PARALLEL    1: fuzz the targets at the same time (default one by one)
 #   FUZZ_BUILD_ONLY  1: build, print the binaries' directory, do not fuzz
 #   FUZZ_ARGS        extra libFuzzer flags for every target
@@ -33,7 +34,7 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 FUZZ_SRC=$SRC/tests/fuzz
 B=${FUZZ_BUILD_DIR:-$SRC/build/fuzz}
 SECS=${1:-20}
-TARGETS=${FUZZ_TARGETS:-fuzz_config fuzz_tmpl fuzz_submit}
+TARGETS=${FUZZ_TARGETS:-fuzz_config fuzz_tmpl fuzz_submit fuzz_json}
 RSS_MB=2048
 
 case $SECS in
@@ -96,7 +97,7 @@ for s in $LIB_SRCS; do
 	compile "$SRC/src/$s.c" "$B/obj/$s.o" > "$B/logs/cc-$s.log" 2>&1 &
 	pids="$pids $!"
 done
-for t in fuzz_config fuzz_tmpl fuzz_submit; do
+for t in fuzz_config fuzz_tmpl fuzz_submit fuzz_json; do
 	compile "$FUZZ_SRC/$t.c" "$B/obj/$t.o" > "$B/logs/cc-$t.log" 2>&1 &
 	pids="$pids $!"
 done
@@ -120,6 +121,8 @@ link "$B/fuzz_config" "$O/fuzz_config.o" "$O/config.o" "$O/tmpl.o" "$O/json.o" \
 link "$B/fuzz_tmpl" "$O/fuzz_tmpl.o" "$O/tmpl.o" "$O/json.o" "$O/util.o" "$O/log.o" \
 	"${LIBS_TMPL[@]}" \
 	> "$B/logs/ld-fuzz_tmpl.log" 2>&1 || { cat "$B/logs/ld-fuzz_tmpl.log" >&2; exit 2; }
+link "$B/fuzz_json" "$O/fuzz_json.o" "$O/json.o" "$O/util.o" "$O/log.o" "${LIBS_TMPL[@]}" \
+	> "$B/logs/ld-fuzz_json.log" 2>&1 || { cat "$B/logs/ld-fuzz_json.log" >&2; exit 2; }
 
 # api.c is the whole REST API: it calls into db.c, engine.c and whatever
 # else the daemon has.  The validator needs none of that, so every symbol
@@ -169,6 +172,7 @@ max_len() {
 	fuzz_config) echo 16384 ;;
 	fuzz_tmpl) echo 4096 ;;
 	fuzz_submit) echo 16384 ;;
+	fuzz_json) echo 8192 ;;
 	esac
 }
 dict() {
@@ -176,6 +180,7 @@ dict() {
 	fuzz_config) echo "$FUZZ_SRC/config.dict" ;;
 	fuzz_tmpl) echo "$FUZZ_SRC/tmpl.dict" ;;
 	fuzz_submit) echo "$FUZZ_SRC/submit.dict" ;;
+	fuzz_json) echo "$FUZZ_SRC/json.dict" ;;
 	esac
 }
 

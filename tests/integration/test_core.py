@@ -378,6 +378,60 @@ def test_header_with_env_var_reaches_provider(db, conn, mock, batchd_factory):
     assert all(r["authorization"] == "Bearer s3cret-token" for r in reqs), reqs
 
 
+def test_request_headers_and_compressed_answers(db, conn, mock, batchd_factory):
+    # batchd builds its header list itself (no allocation per header): every
+    # request carries User-Agent and Accept-Encoding, once, and a gzip answer
+    # is stored decoded, on fresh and on reused easy handles alike.
+    mock.configure(mode="gzip")
+    start(batchd_factory, db, mock, provider={"method": "POST"}, max_inflight=2)
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(1, 13)])
+    assert wait_batch_done(conn, bid)["status"] == "completed"
+    reqs = mock.all_requests()
+    assert len(reqs) == 12
+    for r in reqs:
+        assert r["user_agent"].startswith("batchd/"), r
+        assert "gzip" in [x.strip() for x in r["accept_encoding"].split(",")], r
+    for it in items(conn, bid):
+        res = it["result"]
+        assert res["path"] == f"/item/{it['payload']['id']}" and res["body"] == it["payload"], res
+
+
+def test_answer_jsonb_refuses_is_stored_as_a_string(db, conn, mock, batchd_factory):
+    # JSON in shape with an ill-formed UTF-8 sequence: PostgreSQL refuses it
+    # (yajl took it), and passed on as JSON it failed the completion
+    # statement it travelled in (the items ended failed). It is kept as a
+    # string instead, the bad bytes replaced by U+FFFD: every item succeeds.
+    mock.configure(mode="badutf8")
+    start(batchd_factory, db, mock)
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(1, 6)])
+    assert wait_batch_done(conn, bid, timeout=20)["status"] == "completed"
+    for it in items(conn, bid):
+        assert it["status"] == "succeeded", it
+        assert it["result"] == '{"s":"a\ufffd\ufffdb"}', it
+
+
+def test_provider_headers_replace_ours(db, conn, mock, batchd_factory):
+    # A provider's own User-Agent and Accept-Encoding replace ours (the mock
+    # logs a header sent twice as "a, b"), and templated headers are rendered
+    # per item next to them.
+    start(batchd_factory, db, mock,
+          provider={"method": "POST", "header": ["User-Agent: acme-sync/2",
+                                                 "Accept-Encoding: identity",
+                                                 "Idempotency-Key: k-{id}-{v}"]},
+          max_inflight=2)
+    payloads = [{"id": i, "v": f"x{i}"} for i in range(1, 9)]
+    bid = submit(conn, "t", ROUTE, payloads)
+    assert wait_batch_done(conn, bid)["status"] == "completed"
+    reqs = mock.all_requests()
+    assert len(reqs) == 8
+    for r in reqs:
+        assert r["user_agent"] == "acme-sync/2", r
+        assert r["accept_encoding"] == "identity", r
+    assert sorted(r["idempotency_key"] for r in reqs) == sorted(f"k-{i}-x{i}" for i in range(1, 9))
+    for it in items(conn, bid):
+        assert it["result"]["body"] == it["payload"], it
+
+
 # ------------------------------------------------------------------ HTTP, no HTTP
 
 def test_health_endpoints(db, conn, mock, batchd_factory):

@@ -3,7 +3,7 @@ seed and regression input.
 
   test_fuzz_short_run   tests/fuzz/run.sh with a small budget per target
                         (FUZZ_TEST_SECONDS, default 10): builds fuzz_config,
-                        fuzz_tmpl and fuzz_submit with clang
+                        fuzz_tmpl, fuzz_submit and fuzz_json with clang
                         -fsanitize=fuzzer,address,undefined and fuzzes each;
                         any crash, leak, UB, timeout or OOM fails the test.
   test_replay[TARGET]   every file under tests/fuzz/corpus/ and
@@ -28,7 +28,7 @@ from conftest import REPO
 
 FUZZ_DIR = os.path.join(REPO, "tests", "fuzz")
 RUN_SH = os.path.join(FUZZ_DIR, "run.sh")
-TARGETS = ("fuzz_config", "fuzz_tmpl", "fuzz_submit")
+TARGETS = ("fuzz_config", "fuzz_tmpl", "fuzz_submit", "fuzz_json")
 SECONDS = int(os.environ.get("FUZZ_TEST_SECONDS", "10"))
 BUILD_TIMEOUT = 600           # a cold build with sanitizers on a loaded box
 SANITIZER_ENV = {
@@ -52,7 +52,7 @@ def _tail(text, n=40):
 
 @pytest.fixture(scope="module")
 def fuzz_build(tmp_path_factory):
-    """Build the three targets once (run.sh FUZZ_BUILD_ONLY=1); skip when the
+    """Build the targets once (run.sh FUZZ_BUILD_ONLY=1); skip when the
     toolchain has no libFuzzer."""
     build_dir = tmp_path_factory.mktemp("fuzz-build")
     env = _env(build_dir)

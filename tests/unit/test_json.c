@@ -55,6 +55,46 @@ static void test_invalid(void **state)
 	assert_false(VALID("\"a\nb\""));          /* raw control char */
 	assert_false(VALID("/* c */ 1"));         /* comments are off */
 	assert_false(json_is_valid("1\0", 2));    /* NUL after the value */
+	/* UTF-8 as Unicode defines it (yajl took all of these) */
+	assert_false(VALID("\"\xc0\xaf\""));      /* overlong '/' */
+	assert_false(VALID("\"\xe0\x80\xaf\""));  /* overlong, 3 bytes */
+	assert_false(VALID("\"\xed\xa0\x80\""));  /* UTF-16 surrogate D800 */
+	assert_false(VALID("\"\xf4\x90\x80\x80\"")); /* above U+10FFFF */
+	assert_false(VALID("\"\xf5\x80\x80\x80\""));
+	assert_false(VALID("\"\xc3\""));          /* truncated sequence */
+	assert_false(VALID("\"\xe2\x82\""));
+	assert_true(VALID("\"\xed\x9f\xbf\xee\x80\x80\xf4\x8f\xbf\xbf\"")); /* D7FF E000 10FFFF */
+	/* escapes */
+	assert_true(VALID("\"\\\" \\\\ \\/ \\b \\f \\n \\r \\t \\u00E9\""));
+	assert_false(VALID("\"\\x\""));
+	assert_false(VALID("\"\\u12\""));
+	assert_false(VALID("\"\\u12g4\""));
+	assert_false(VALID("\"\\"));
+	assert_false(json_is_valid("\"\\\0\"", 4));  /* backslash NUL */
+	/* numbers */
+	assert_true(VALID("-0"));
+	assert_true(VALID("0e0"));
+	assert_true(VALID("1E-5"));
+	assert_true(VALID("[0,-0.0,1e+2]"));
+	assert_false(VALID("1."));
+	assert_false(VALID("1.e5"));
+	assert_false(VALID(".5"));
+	assert_false(VALID("+1"));
+	assert_false(VALID("1e"));
+	assert_false(VALID("-01"));
+	assert_false(VALID("0x10"));
+	/* structure */
+	assert_false(VALID("{\"a\"}"));
+	assert_false(VALID("{\"a\":}"));
+	assert_false(VALID("{\"a\":1,}"));
+	assert_false(VALID("{1:2}"));
+	assert_false(VALID("[1}"));
+	assert_false(VALID("{\"a\":1]"));
+	assert_false(VALID("]"));
+	assert_false(VALID("\f1"));                /* form feed is not JSON whitespace */
+	assert_false(VALID("tru"));
+	assert_false(VALID("nulls"));
+	assert_true(VALID("{\"a\":{\"b\":[true,false,null,{}]},\"c\":[]}"));
 	/* only len counts: "1" followed by junk outside the length is fine */
 	assert_true(json_is_valid("1xyz", 1));
 }
@@ -108,6 +148,34 @@ static void test_string_escape(void **state)
 	STR("\xc3", "\"" FFFD "\"");
 }
 
+static void test_valid_depth(void **state)
+{
+	char buf[2 * 513 + 1];
+
+	/* 512 levels: fine; 513: refused (jsonb's parser recurses) */
+	memset(buf, '[', 512);
+	memset(buf + 512, ']', 512);
+	assert_true(json_is_valid(buf, 1024));
+	memset(buf, '[', 513);
+	memset(buf + 513, ']', 513);
+	assert_false(json_is_valid(buf, 1026));
+	/* deep objects count the same */
+	{
+		StrBuf sb;
+		sb_init(&sb);
+		for (int i = 0; i < 513; i++)
+			sb_puts(&sb, "{\"a\":");
+		sb_puts(&sb, "1");
+		for (int i = 0; i < 513; i++)
+			sb_putc(&sb, '}');
+		assert_false(json_is_valid(sb.data, sb.len));
+		sb_reset(&sb);
+		json_append_body(&sb, "[[1]]", 5);
+		assert_string_equal(sb.data, "[[1]]");
+		sb_free(&sb);
+	}
+}
+
 static void assert_body(const char *in, size_t len, const char *want)
 {
 	StrBuf sb;
@@ -143,6 +211,9 @@ static void test_body(void **state)
 	BODY("\"\\ud83d\"", "[\"\\\"\\\\ud83d\\\"\"]");
 	BODY("\"\\ude00x\"", "[\"\\\"\\\\ude00x\\\"\"]");
 	BODY("\"\\u00e9\"", "[\"\\u00e9\"]");
+	/* UTF-8 PostgreSQL refuses is never passed through as JSON */
+	BODY("{\"a\":\"\xc0\xaf\"}", "[\"{\\\"a\\\":\\\"" FFFD FFFD "\\\"}\"]");
+	BODY("\"\xed\xa0\x80\"", "[\"\\\"" FFFD FFFD FFFD "\\\"\"]");
 }
 
 static void test_body_null_sb_safe(void **state)
@@ -236,6 +307,7 @@ int main(void)
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_invalid),
 		cmocka_unit_test(test_string_escape),
+		cmocka_unit_test(test_valid_depth),
 		cmocka_unit_test(test_body),
 		cmocka_unit_test(test_body_null_sb_safe),
 		cmocka_unit_test(test_value),
