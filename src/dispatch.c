@@ -406,7 +406,7 @@ static bool has_header(const Provider *p, const char *name)
 /*
  * Each provider keeps the easy handles of its finished transfers, set up
  * with what is the same for every request to it (method, timeouts, limits,
- * callbacks, user agent, proxy choice): the next transfer sets only what
+ * callbacks, proxy choice): the next transfer sets only what
  * differs per item (URL, headers, body, its own pointers).  A reset and
  * twenty setopts per request were a measurable share of batchd's CPU per
  * item.  A reload gives the provider a new section and a new generation:
@@ -458,7 +458,7 @@ static CURL *easy_new(const Provider *p)
 	/* 16 KiB by default, per transfer: with 1000 in flight that is most of
 	 * the heap; small answers are the norm, big ones just take more reads */
 	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "batchd/" PACKAGE_VERSION);
+	/* User-Agent and Accept-Encoding go in the header list (job_headers) */
 	if (!proxy_from_env()) {
 		curl_easy_setopt(c, CURLOPT_PROXY, "");
 		curl_easy_setopt(c, CURLOPT_NOPROXY, "");
@@ -479,8 +479,9 @@ static CURL *ps_easy_get(ProvState *ps)
 
 static void ps_easy_put(ProvState *ps, CURL *c, uint64_t gen)
 {
-	/* the job and its error buffer go away now */
+	/* the job, its error buffer and its header list go away now */
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
 	if (gen != ps->gen || ps->removed || ps->npool >= PS_POOL_MAX) {
 		curl_easy_cleanup(c);
 		return;
@@ -505,14 +506,108 @@ void dispatch_job_release(Engine *e, Job *j)
 		j->easy = NULL;
 		j->easy_ps = NULL;
 	}
-	curl_slist_free_all(j->headers);
-	j->headers = NULL;
+	j->headers = NULL;   /* its nodes and text are the job's, reused */
 	sb_reset(&j->url);
 	sb_reset(&j->body);
 	sb_reset(&j->resp);
 	j->too_big = false;
 	j->retry_after[0] = '\0';
 	j->errbuf[0] = '\0';
+}
+
+/*
+ * "Accept-Encoding: <what this libcurl decodes>", the header curl itself
+ * would send for CURLOPT_ACCEPT_ENCODING "" (its list: deflate and gzip with
+ * zlib, br with brotli, zstd with zstd), or NULL when it decodes nothing.
+ * We send it as our own header, so curl skips building it per request (one
+ * aprintf, then a second pass through its printf into the request); the
+ * handle keeps CURLOPT_ACCEPT_ENCODING "" so that answers are decoded.
+ */
+static const char *accept_encoding_header(void)
+{
+	static char hdr[96];
+	static bool done;
+
+	if (!done) {
+		const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+		StrBuf sb;
+
+		done = true;
+		sb_init(&sb);
+		if (v->features & CURL_VERSION_LIBZ)
+			sb_puts(&sb, ", deflate, gzip");
+		if (v->features & CURL_VERSION_BROTLI)
+			sb_puts(&sb, ", br");
+		if (v->features & CURL_VERSION_ZSTD)
+			sb_puts(&sb, ", zstd");
+		if (sb.len > 0)
+			snprintf(hdr, sizeof(hdr), "Accept-Encoding: %s", sb.data + 2);
+		sb_free(&sb);
+	}
+	return hdr[0] ? hdr : NULL;
+}
+
+#define USER_AGENT_HEADER "User-Agent: batchd/" PACKAGE_VERSION
+
+/*
+ * The request's header list: the provider's headers (templates rendered),
+ * the idempotency key, Content-Type, User-Agent and Accept-Encoding unless
+ * the provider sets them, and "Expect:" (no 100-continue round trip on
+ * larger bodies). Built in the job's own nodes and text buffer, kept from
+ * one try to the next: no allocation per header. curl reads the list during
+ * the transfer only; the job outlives its transfer.
+ */
+static int job_headers(Job *j, const Provider *p, char *err, size_t errlen)
+{
+	const char *fixed[4];
+	size_t small[16], *offs = small;
+	int nfixed = 0, ndyn = 0, n, rc = -1;
+
+	sb_reset(&j->hbuf);
+	if (p->nheaders + 1 > (int)(sizeof(small) / sizeof(small[0])))
+		offs = xcalloc((size_t)p->nheaders + 1, sizeof(*offs));
+	for (int i = 0; i < p->nheaders; i++) {
+		offs[ndyn++] = j->hbuf.len;
+		if (tmpl_render(p->headers[i], j->payload, TMPL_HEADER, &j->hbuf, err, errlen) < 0)
+			goto fail;
+		sb_putc(&j->hbuf, '\0');
+	}
+	if (p->idempotency_header) {
+		/* stable for the item across tries, providers and workers */
+		offs[ndyn++] = j->hbuf.len;
+		sb_puts(&j->hbuf, p->idempotency_header);
+		sb_puts(&j->hbuf, ": ");
+		sb_puts(&j->hbuf, j->batch_id);
+		sb_putc(&j->hbuf, '-');
+		sb_put_i64(&j->hbuf, j->id);
+		sb_putc(&j->hbuf, '\0');
+	}
+	if (j->body.len > 0 && !has_header(p, "Content-Type"))
+		fixed[nfixed++] = "Content-Type: application/json";
+	if (!has_header(p, "User-Agent"))
+		fixed[nfixed++] = USER_AGENT_HEADER;
+	if (!has_header(p, "Accept-Encoding") && accept_encoding_header())
+		fixed[nfixed++] = accept_encoding_header();
+	fixed[nfixed++] = "Expect:";
+
+	n = ndyn + nfixed;
+	if (n > j->hnodes_cap) {
+		j->hnodes = xrealloc(j->hnodes, (size_t)n * sizeof(*j->hnodes));
+		j->hnodes_cap = n;
+	}
+	/* the text buffer is complete: pointers into it stay put */
+	for (int i = 0; i < ndyn; i++)
+		j->hnodes[i].data = j->hbuf.data + offs[i];
+	for (int i = 0; i < nfixed; i++)
+		j->hnodes[ndyn + i].data = (char *)fixed[i];
+	for (int i = 0; i < n; i++)
+		j->hnodes[i].next = i + 1 < n ? &j->hnodes[i + 1] : NULL;
+	j->headers = &j->hnodes[0];
+	rc = 0;
+fail:
+	if (offs != small)
+		free(offs);
+	return rc;
 }
 
 static int job_prepare(Engine *e, Job *j, ProvState *ps, char *err, size_t errlen)
@@ -523,33 +618,14 @@ static int job_prepare(Engine *e, Job *j, ProvState *ps, char *err, size_t errle
 	dispatch_job_release(e, j);
 	if (tmpl_render(p->url, j->payload, TMPL_URL, &j->url, err, errlen) < 0)
 		return -1;
-	for (int i = 0; i < p->nheaders; i++) {
-		StrBuf h;
-		sb_init(&h);
-		if (tmpl_render(p->headers[i], j->payload, TMPL_HEADER, &h, err, errlen) < 0) {
-			sb_free(&h);
-			return -1;
-		}
-		j->headers = curl_slist_append(j->headers, h.data);
-		sb_free(&h);
-	}
-	if (p->idempotency_header) {
-		/* stable for the item across tries, providers and workers */
-		char h[256];
-		snprintf(h, sizeof(h), "%s: %s-%lld", p->idempotency_header, j->batch_id,
-			 (long long)j->id);
-		j->headers = curl_slist_append(j->headers, h);
-	}
 	if (p->body) {
 		if (tmpl_render(p->body, j->payload, TMPL_JSON, &j->body, err, errlen) < 0)
 			return -1;
 	} else if (!is_method(p, "GET") && !is_method(p, "DELETE")) {
 		sb_puts(&j->body, j->payload_text);
 	}
-	if (j->body.len > 0 && !has_header(p, "Content-Type"))
-		j->headers = curl_slist_append(j->headers, "Content-Type: application/json");
-	/* no "Expect: 100-continue" round trip on larger bodies */
-	j->headers = curl_slist_append(j->headers, "Expect:");
+	if (job_headers(j, p, err, errlen) < 0)
+		return -1;
 
 	c = j->easy = ps_easy_get(ps);
 	j->easy_ps = ps;
@@ -592,7 +668,8 @@ static void ps_start(ProvState *ps, Job *j)
 		j->started_us = now_realtime_us();
 	j->try_started_mono = now_monotonic_us();
 	br_on_start(&ps->br);
-	if (http_start(e->http, j->easy) < 0) {
+	j->http_shard = http_start(e->http, j->easy);
+	if (j->http_shard < 0) {
 		br_on_abort(&ps->br);
 		job_outcome(e, j, OUT_TRANSIENT, 0, "could not start the transfer");
 		return;
@@ -1028,7 +1105,7 @@ void dispatch_abort_all(Engine *e)
 		Job *j = e->jobs;
 		switch (j->state) {
 		case JOB_RUNNING:
-			http_abort(e->http, j->easy);
+			http_abort(e->http, j->easy, j->http_shard);
 			j->ps->inflight--;
 			e->ntransfers--;
 			br_on_abort(&j->ps->br);

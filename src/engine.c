@@ -96,10 +96,11 @@ static void arm_ms(struct event *ev, int64_t ms)
  * backoff).  An outcome waiting to be written no longer holds a slot, but
  * the buffer of such outcomes is bounded too (another max_inflight), so a
  * slow or absent database stops the claims instead of growing memory.
+ * Rows of a claim being unpacked count as held.
  */
 static int free_capacity(const Engine *e)
 {
-	int cap = e->cfg->max_inflight + e->cfg->claim_ahead - e->njobs;
+	int cap = e->cfg->max_inflight + e->cfg->claim_ahead - e->njobs - e->claim_landing;
 	int buffered = e->pending.n + e->flushing.n;
 
 	if (buffered >= e->cfg->max_inflight)
@@ -465,6 +466,8 @@ void engine_job_done(Engine *e, Job *j)
 	sb_free(&j->url);
 	sb_free(&j->body);
 	sb_free(&j->resp);
+	sb_free(&j->hbuf);
+	free(j->hnodes);
 	yajl_tree_free(j->payload);
 	free(j->payload_text);
 	free(j->last_error);
@@ -519,10 +522,20 @@ static void claim_done(PGresult *res, void *arg)
 		/* claimed during stop: deregister releases them, untouched */
 		return;
 	}
+	/*
+	 * Ask for the next ones before unpacking these: the database runs that
+	 * claim while we parse payloads and start transfers (at a cold start,
+	 * 1000 free slots fill in overlapping steps instead of one after the
+	 * other).
+	 */
+	e->claim_landing = n;
+	engine_maybe_claim(e);
 	for (int i = 0; i < n; i++) {
 		Job *j = xcalloc(1, sizeof(*j));
 		char perr[256];
 		const char *route = PQgetvalue(res, i, 2);
+
+		e->claim_landing--;
 
 		j->e = e;
 		j->cfg = e->cfg;
@@ -536,6 +549,7 @@ static void claim_done(PGresult *res, void *arg)
 		sb_init(&j->url);
 		sb_init(&j->body);
 		sb_init(&j->resp);
+		sb_init(&j->hbuf);
 		j->next = e->jobs;
 		if (e->jobs)
 			e->jobs->prev = j;

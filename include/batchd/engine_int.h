@@ -67,7 +67,11 @@ typedef struct Job {
 	CURL *easy;
 	ProvState *easy_ps;        /* whose pool the handle goes back to */
 	uint64_t easy_gen;         /* ... and for which of its sections */
-	struct curl_slist *headers;
+	int http_shard;            /* the curl multi shard it runs on */
+	struct curl_slist *headers;  /* -> hnodes[0], or NULL */
+	struct curl_slist *hnodes;   /* the request's header list, job-owned */
+	int hnodes_cap;
+	StrBuf hbuf;                 /* rendered header lines, NUL-separated */
 	StrBuf url;
 	StrBuf body;
 	StrBuf resp;
@@ -144,6 +148,7 @@ struct Engine {
 	bool more_work;           /* the last claim was full, or we were woken */
 	bool urgent;              /* woken by NOTIFY/poll: claim even a little */
 	int claim_asked;
+	int claim_landing;        /* rows of the last claim not yet made jobs */
 	unsigned wake_seq;
 	unsigned claim_wake_seq;
 	char *routes_param;       /* text[] literals for the claim */
