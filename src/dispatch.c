@@ -559,7 +559,7 @@ static const char *accept_encoding_header(void)
  */
 static int job_headers(Job *j, const Provider *p, char *err, size_t errlen)
 {
-	const char *fixed[4];
+	const char *fixed[4], *ae = accept_encoding_header();
 	size_t small[16], *offs = small;
 	int nfixed = 0, ndyn = 0, n, rc = -1;
 
@@ -586,8 +586,8 @@ static int job_headers(Job *j, const Provider *p, char *err, size_t errlen)
 		fixed[nfixed++] = "Content-Type: application/json";
 	if (!has_header(p, "User-Agent"))
 		fixed[nfixed++] = USER_AGENT_HEADER;
-	if (!has_header(p, "Accept-Encoding") && accept_encoding_header())
-		fixed[nfixed++] = accept_encoding_header();
+	if (!has_header(p, "Accept-Encoding") && ae)
+		fixed[nfixed++] = ae;
 	fixed[nfixed++] = "Expect:";
 
 	n = ndyn + nfixed;

@@ -50,37 +50,6 @@ static int hex4(const unsigned char *p, size_t avail)
 	return v;
 }
 
-/* Length of the well-formed UTF-8 sequence at p (Unicode table 3-7), or 0. */
-static size_t utf8_len(const unsigned char *p, size_t avail)
-{
-	unsigned char c = p[0], lo = 0x80, hi = 0xBF;
-	size_t n;
-
-	if (c >= 0xC2 && c <= 0xDF)
-		n = 2;
-	else if (c >= 0xE0 && c <= 0xEF) {
-		n = 3;
-		if (c == 0xE0)
-			lo = 0xA0;
-		else if (c == 0xED)
-			hi = 0x9F;
-	} else if (c >= 0xF0 && c <= 0xF4) {
-		n = 4;
-		if (c == 0xF0)
-			lo = 0x90;
-		else if (c == 0xF4)
-			hi = 0x8F;
-	} else {
-		return 0;
-	}
-	if (avail < n || p[1] < lo || p[1] > hi)
-		return 0;
-	for (size_t i = 2; i < n; i++)
-		if (p[i] < 0x80 || p[i] > 0xBF)
-			return 0;
-	return n;
-}
-
 /* The string starting at p[*i] == '"'; *i ends after the closing quote. */
 static bool scan_string(const unsigned char *p, size_t len, size_t *i, bool *pg_ok)
 {
@@ -100,7 +69,7 @@ static bool scan_string(const unsigned char *p, size_t len, size_t *i, bool *pg_
 			continue;
 		}
 		if (c >= 0x80) {
-			size_t n = utf8_len(p + k, len - k);
+			size_t bad, n = utf8_seq(p + k, len - k, &bad);
 			if (!n)
 				return false;
 			k += n;

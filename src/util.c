@@ -182,7 +182,7 @@ char *sb_steal(StrBuf *sb)
  * *bad is the length of the maximal invalid subpart to replace with one
  * U+FFFD (Unicode "best practice", as WHATWG decoders do).
  */
-static size_t utf8_seq(const unsigned char *s, size_t avail, size_t *bad)
+size_t utf8_seq(const unsigned char *s, size_t avail, size_t *bad)
 {
 	unsigned char c = s[0], lo = 0x80, hi = 0xBF;
 	size_t n, i;

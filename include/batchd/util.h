@@ -38,6 +38,11 @@ char *sb_steal(StrBuf *sb);                    /* caller frees; sb reset */
  * log.c needs it and must link without yajl. */
 void sb_put_json_string(StrBuf *sb, const char *s, size_t len);
 
+/* Length of the well-formed UTF-8 sequence at s (1..4; Unicode table 3-7:
+ * no overlong forms, no surrogates, nothing past U+10FFFF), or 0 when
+ * ill-formed; then *bad is the length of the maximal invalid subpart. */
+size_t utf8_seq(const unsigned char *s, size_t avail, size_t *bad);
+
 /* Allocation that aborts on out-of-memory (a daemon cannot go on without). */
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t m);
