@@ -88,6 +88,20 @@ def test_max_inflight_is_used_and_respected(db, conn, mock, batchd_factory):
     assert elapsed < 5, f"200 x 50ms calls at max_inflight 20 took {elapsed:.1f}s"
 
 
+def test_full_outcome_buffer_flushes_without_waiting_for_the_timer(db, conn, mock, batchd_factory):
+    # Claims stop while max_inflight outcomes wait to be written, so a flush
+    # must start before that however large flush_size is. When it waited for
+    # flush_interval instead, this took one interval per 10 items (about 30 s).
+    start(batchd_factory, db, mock, max_inflight=10, flush_size=500, flush_interval="1s")
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(300)])
+    t0 = time.monotonic()
+    b = wait_batch_done(conn, bid, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert (b["status"], b["succeeded"]) == ("completed", 300), b
+    assert elapsed < 6, f"300 items at max_inflight 10 took {elapsed:.1f}s"
+    assert check_consistency(conn) == []
+
+
 @pytest.mark.parametrize("ahead", [0, 4])
 def test_claim_ahead_holds_more_but_sends_max_inflight(db, conn, mock, batchd_factory, ahead):
     # max_inflight caps the transfers; claim_ahead more items wait in the
