@@ -1074,7 +1074,7 @@ int dispatch_cancel_batch(Engine *e, const char *batch_id)
 				q_remove(j->ps, j);
 			if (j->retry_timer)
 				evtimer_del(j->retry_timer);
-			engine_defer(e, j, 0, "batch cancelled");
+			engine_drop_cancelled(e, j);
 			n++;
 		}
 		j = next;

@@ -205,16 +205,11 @@ void engine_record(Engine *e, Job *j, const char *status, long http_status,
 	}
 }
 
-/*
- * Put the item back in the queue until now + delay_ms without spending an
- * attempt (a long Retry-After or backoff, or every breaker open): the wait
- * then survives a restart and holds no capacity here.
- */
-void engine_defer(Engine *e, Job *j, int64_t delay_ms, const char *why)
+/* A "queued" record: the item goes back to the queue until now + delay_ms. */
+static void record_requeue(Engine *e, Job *j, int64_t delay_ms, const char *why)
 {
 	StrBuf sb;
 	char ts[40];
-	RouteStats *rs = route_stats(e, j->route);
 
 	sb_init(&sb);
 	sb_printf(&sb, "{\"id\":%lld,\"status\":\"queued\",\"error\":", (long long)j->id);
@@ -229,6 +224,18 @@ void engine_defer(Engine *e, Job *j, int64_t delay_ms, const char *why)
 	sb_printf(&sb, ",\"run_after\":\"%s\"}", ts);
 	rec_push(&e->pending, sb_steal(&sb));
 	sb_free(&sb);
+}
+
+/*
+ * Put the item back in the queue until now + delay_ms without spending an
+ * attempt (a long Retry-After or backoff, or every breaker open): the wait
+ * then survives a restart and holds no capacity here.
+ */
+void engine_defer(Engine *e, Job *j, int64_t delay_ms, const char *why)
+{
+	RouteStats *rs = route_stats(e, j->route);
+
+	record_requeue(e, j, delay_ms, why);
 	e->st.deferred++;
 	if (rs)
 		rs->deferred++;
@@ -237,6 +244,22 @@ void engine_defer(Engine *e, Job *j, int64_t delay_ms, const char *why)
 		log_ctx(LG_INFO, &ctx, "item %lld back to the queue for %lld ms: %s",
 			(long long)j->id, (long long)delay_ms, why);
 	}
+	engine_job_done(e, j);
+}
+
+/*
+ * Its batch was cancelled before we sent it: the same "queued" record (no
+ * attempt spent), which 006's trigger turns into a cancelled item, counted
+ * in the batch.  The caller logs one line for all of them.
+ */
+void engine_drop_cancelled(Engine *e, Job *j)
+{
+	RouteStats *rs = route_stats(e, j->route);
+
+	record_requeue(e, j, 0, "batch cancelled");
+	e->st.cancelled++;
+	if (rs)
+		rs->cancelled++;
 	engine_job_done(e, j);
 }
 

@@ -194,7 +194,7 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 {
 	Engine *e = bd->engine;
 	EngineStats st;
-	static const char *const outcomes[3] = { "succeeded", "failed", "deferred" };
+	static const char *const outcomes[4] = { "succeeded", "failed", "deferred", "cancelled" };
 
 	engine_get_stats(e, &st);
 
@@ -204,11 +204,11 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 
 	help(sb, "batchd_items_total", "counter",
 	     "Items finished by this process, by route and outcome (deferred: back to the "
-	     "queue to wait).");
+	     "queue to wait; cancelled: dropped before sending, their batch was cancelled).");
 	for (int i = 0; i < e->cfg->nroutes; i++) {
 		const RouteStats *rs = &e->route_stats[i];
-		const uint64_t v[3] = { rs->succeeded, rs->failed, rs->deferred };
-		for (int k = 0; k < 3; k++)
+		const uint64_t v[4] = { rs->succeeded, rs->failed, rs->deferred, rs->cancelled };
+		for (int k = 0; k < 4; k++)
 			sample2(sb, "batchd_items_total", "route", e->cfg->routes[i]->name,
 				"outcome", outcomes[k], (double)v[k]);
 	}

@@ -21,9 +21,10 @@ typedef struct EngineStats {
 	uint64_t failed;
 	uint64_t fenced;
 	uint64_t deferred;         /* back to the queue to wait (retry, breakers) */
+	uint64_t cancelled;        /* dropped before sending: their batch was cancelled */
 	uint64_t flushes;
-	uint64_t recovered;
-	uint64_t purged;           /* batches deleted by retention */        /* items of dead workers requeued or failed by us */
+	uint64_t recovered;        /* items of dead workers requeued or failed by us */
+	uint64_t purged;           /* batches deleted by retention */
 	int inflight;              /* transfers running */
 	int held;                  /* items claimed and not yet finished here */
 	int pending;               /* completions not yet recorded */

@@ -119,6 +119,7 @@ typedef struct RouteStats {
 	uint64_t succeeded;
 	uint64_t failed;
 	uint64_t deferred;
+	uint64_t cancelled;
 	int64_t queue_depth;       /* queued items, periodic query; -1 unknown */
 } RouteStats;
 
@@ -207,6 +208,9 @@ void engine_check_lease(Engine *e);        /* heartbeat now, if none is out */
 void engine_record(Engine *e, Job *j, const char *status, long http_status,
 		   const char *body, size_t blen, const char *error);
 void engine_defer(Engine *e, Job *j, int64_t delay_ms, const char *why);
+/* Drop a job not yet sent whose batch was cancelled (back to the queue, where
+ * the database counts it cancelled). */
+void engine_drop_cancelled(Engine *e, Job *j);
 void engine_job_done(Engine *e, Job *j);   /* unlink and free */
 void engine_after_event(Engine *e);        /* flush/claim as capacity allows */
 

@@ -508,11 +508,14 @@ def test_cancel_drops_items_held_but_not_sent(db, conn, mock, batchd_factory):
     """Items claimed and waiting for a token are running in the database;
     cancelling the batch must stop them before they reach the provider
     (NOTIFY batchd_cancel), and the batch ends cancelled with exact counts."""
-    start(batchd_factory, db, mock, provider={"rate": "2/s", "burst": "1"}, max_inflight=50)
+    d = start(batchd_factory, db, mock, provider={"rate": "2/s", "burst": "1"}, max_inflight=50)
     bid = submit(conn, "acme", ROUTE, [{"id": i} for i in range(40)])
+    # all 40 fit in one claim (max_inflight 50 + claim_ahead 5)
     wait_until(lambda: count(conn, "SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s "
                                    "AND status = 'running'", bid) >= 30, 10,
                desc="items claimed and held")
+    assert count(conn, "SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s "
+                       "AND status = 'queued'", bid) == 0
     time.sleep(1.0)
     assert conn.execute("SELECT batchd.cancel_batch('acme', %s) AS r", (bid,)).fetchone()["r"] == "ok"
     t_cancel = time.time()
@@ -527,3 +530,13 @@ def test_cancel_drops_items_held_but_not_sent(db, conn, mock, batchd_factory):
     assert count(conn, "SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s AND "
                        "status IN ('queued', 'running')", bid) == 0
     assert check_consistency(conn) == []
+    # every item was held here, so the dropped ones are the batch's cancelled
+    # ones, counted as such (not as deferred)
+    _, text = http_get(f"http://127.0.0.1:{d.port}/metrics")
+    m = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.decode().splitlines()
+         if line.startswith("batchd_items_total{")}
+    key = 'batchd_items_total{route="%s",outcome="%s"}'
+    assert m[key % (ROUTE, "cancelled")] == b["cancelled"], m
+    assert m[key % (ROUTE, "deferred")] == 0, m
+    assert m[key % (ROUTE, "succeeded")] + m[key % (ROUTE, "failed")] == \
+        b["succeeded"] + b["failed"], m
