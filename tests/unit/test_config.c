@@ -791,28 +791,34 @@ static void test_database_env(void **state)
 		 1, "[batchd] database is required (or set BATCHD_DATABASE)");
 }
 
-static void test_claim_ahead(void **state)
+/* claim_ahead and max_inflight after loading [batchd] KEYS with one route */
+static void claim_ahead_of(const char *keys, int *claim_ahead, int *max_inflight)
 {
+	char text[256];
 	Config *cfg;
 
+	snprintf(text, sizeof(text), "[batchd]\ndatabase = x\n%s"
+		 "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n", keys);
+	cfg = load_ok(text);
+	*claim_ahead = cfg->claim_ahead;
+	*max_inflight = cfg->max_inflight;
+	config_free(cfg);
+}
+
+static void test_claim_ahead(void **state)
+{
+	int ahead, inflight;
+
 	/* a tenth of max_inflight, at most 100; explicit values as given */
-	cfg = load_ok("[batchd]\ndatabase = x\nmax_inflight = 5000\n"
-		      "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n");
-	assert_int_equal(cfg->claim_ahead, 100);
-	config_free(cfg);
-	cfg = load_ok("[batchd]\ndatabase = x\nmax_inflight = 5\n"
-		      "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n");
-	assert_int_equal(cfg->claim_ahead, 0);
-	config_free(cfg);
-	cfg = load_ok("[batchd]\ndatabase = x\nmax_inflight = 1000\nclaim_ahead = 0\n"
-		      "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n");
-	assert_int_equal(cfg->claim_ahead, 0);
-	config_free(cfg);
-	cfg = load_ok("[batchd]\ndatabase = x\nclaim_ahead = 500\n"
-		      "[provider p]\nurl = http://h/{id}\n[route r]\nproviders = p\n");
-	assert_int_equal(cfg->claim_ahead, 500);
-	assert_int_equal(cfg->max_inflight, 100);
-	config_free(cfg);
+	claim_ahead_of("max_inflight = 5000\n", &ahead, &inflight);
+	assert_int_equal(ahead, 100);
+	claim_ahead_of("max_inflight = 5\n", &ahead, &inflight);
+	assert_int_equal(ahead, 0);
+	claim_ahead_of("max_inflight = 1000\nclaim_ahead = 0\n", &ahead, &inflight);
+	assert_int_equal(ahead, 0);
+	claim_ahead_of("claim_ahead = 500\n", &ahead, &inflight);
+	assert_int_equal(ahead, 500);
+	assert_int_equal(inflight, 100);
 }
 
 static void test_errors_keys(void **state)
