@@ -1308,12 +1308,19 @@ static int submit_check(const Config *cfg, const char *body, size_t len, SubmitC
 		return -1;
 	/*
 	 * yajl checks UTF-8 loosely (overlong forms, surrogates, code points
-	 * past U+10FFFF pass) and takes \v and \f as whitespace; PostgreSQL
-	 * would refuse the body later. json_is_valid is strict.
+	 * past U+10FFFF pass), takes \v and \f as whitespace, and decodes a
+	 * high surrogate escape with whatever escape follows (so "\ud83d\u0000"
+	 * shows it no NUL); PostgreSQL would refuse the body later. The strict
+	 * scanner decides.
 	 */
 	if (!json_is_valid(body, len)) {
 		snprintf(c->err, sizeof(c->err),
 			 "malformed JSON: not well-formed UTF-8, or not exactly one JSON value");
+		return -1;
+	}
+	if (!json_is_valid_jsonb(body, len)) {
+		snprintf(c->err, sizeof(c->err), "strings must not contain the NUL character "
+			 "(\\u0000) or an unpaired UTF-16 surrogate escape");
 		return -1;
 	}
 	if (!(c->seen & (1u << SK_ROUTE)))

@@ -244,11 +244,16 @@ bool json_is_valid(const char *buf, size_t len)
 	return len > 0 && json_scan(buf, len, &pg_ok);
 }
 
-void json_append_body(StrBuf *sb, const char *buf, size_t len)
+bool json_is_valid_jsonb(const char *buf, size_t len)
 {
 	bool pg_ok;
 
-	if (buf && len > 0 && json_scan(buf, len, &pg_ok) && pg_ok)
+	return len > 0 && json_scan(buf, len, &pg_ok) && pg_ok;
+}
+
+void json_append_body(StrBuf *sb, const char *buf, size_t len)
+{
+	if (buf && json_is_valid_jsonb(buf, len))
 		sb_append(sb, buf, len);
 	else
 		json_append_string(sb, buf ? buf : "", buf ? len : 0);

@@ -15,9 +15,12 @@ void json_append_string(StrBuf *sb, const char *s, size_t len);
  * well-formed UTF-8, nesting at most 512 deep). */
 bool json_is_valid(const char *buf, size_t len);
 
-/* Append a provider body as a JSON value: the body itself when it is valid
- * JSON that jsonb accepts as it is (no \u0000, no unpaired surrogate
- * escape), else the body as a JSON string. */
+/* json_is_valid, and jsonb accepts it as it is: no \u0000 escape and no
+ * unpaired UTF-16 surrogate escape. */
+bool json_is_valid_jsonb(const char *buf, size_t len);
+
+/* Append a provider body as a JSON value: the body itself when
+ * json_is_valid_jsonb, else the body as a JSON string. */
 void json_append_body(StrBuf *sb, const char *buf, size_t len);
 
 /* Append a yajl tree value as compact JSON. */

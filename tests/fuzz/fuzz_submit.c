@@ -9,7 +9,8 @@
  * independently on top of yajl_tree (README "POST /v1/batches"): any
  * disagreement is a crash.  The reference rules:
  *   - the body is exactly one valid JSON value (no comments, no trailing
- *     data, UTF-8), no NUL byte, no \u0000 in any string or key;
+ *     data, UTF-8), no NUL byte, no \u0000 and no unpaired UTF-16
+ *     surrogate escape in any string or key (jsonb refuses both);
  *   - containers nest at most 64 deep (the body object is level 1);
  *   - it is an object whose keys are route, items, name, priority,
  *     max_attempts, group_key, metadata, each at most once;
@@ -49,17 +50,45 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-/* Any \u0000 escape in the (valid JSON) text. */
-static bool has_nul_escape(const char *s, size_t len)
+/* The code of the \uXXXX escape at s (valid JSON text), or -1. */
+static long u_escape(const char *s, size_t left)
+{
+	char hex[5];
+
+	if (left < 6 || s[0] != '\\' || s[1] != 'u')
+		return -1;
+	memcpy(hex, s + 2, 4);
+	hex[4] = '\0';
+	return strtol(hex, NULL, 16);
+}
+
+/*
+ * An escape jsonb refuses in the (valid JSON) text: \u0000, or a UTF-16
+ * surrogate escape that is not a high one followed at once by a low one.
+ */
+static bool has_jsonb_refused_escape(const char *s, size_t len)
 {
 	size_t i;
 
 	for (i = 0; i + 1 < len; i++) {
+		long u, lo;
+
 		if (s[i] != '\\')
 			continue;
-		if (s[i + 1] == 'u' && i + 6 <= len && memcmp(s + i + 2, "0000", 4) == 0)
+		u = u_escape(s + i, len - i);
+		if (u < 0) {
+			i++;    /* skip the escaped character */
+			continue;
+		}
+		if (u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
 			return true;
-		i++;    /* skip the escaped character */
+		if (u >= 0xD800 && u <= 0xDBFF) {
+			lo = u_escape(s + i + 6, len - i - 6);
+			if (lo < 0xDC00 || lo > 0xDFFF)
+				return true;
+			i += 6;   /* the low half */
+		}
+		i += 5;
 	}
 	return false;
 }
@@ -132,8 +161,8 @@ static int reference(const char *body, size_t len, const char **why)
 	*why = "not exactly one valid JSON value";
 	if (!json_is_valid(body, len))
 		return -1;
-	*why = "\\u0000 escape";
-	if (has_nul_escape(body, len))
+	*why = "\\u0000 or unpaired surrogate escape";
+	if (has_jsonb_refused_escape(body, len))
 		return -1;
 	text = malloc(len + 1);
 	memcpy(text, body, len);

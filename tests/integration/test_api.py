@@ -707,6 +707,9 @@ def bad_requests(bid, tok_revoked):
         ("nul byte", "POST", "/v1/batches", {"raw": b'{"route":"verify","items":[{}]}\x00'}, 400),
         ("lone surrogate", "POST", "/v1/batches",
          {"raw": b'{"route":"verify","items":[{"s":"\\ud800"}]}'}, 400),
+        # yajl decodes the pair into something else: no NUL for its check
+        ("surrogate then nul escape", "POST", "/v1/batches",
+         {"raw": b'{"route":"verify","items":[{"s":"\\ud83d\\u0000"}]}'}, 400),
         # yajl passes these; PostgreSQL would refuse them: the strict check does
         ("overlong utf-8", "POST", "/v1/batches",
          {"raw": b'{"route":"verify","items":[{"s":"\xc0\xaf"}]}'}, 400),
@@ -806,6 +809,9 @@ def test_malformed_requests_change_nothing(blocked):
                 assert r.headers.get("allow") == case[5], r.headers
             if status == 400 and "route" in name and "unknown" in name:
                 assert "route" in j["error"]["message"]
+            if name in ("nul escape", "lone surrogate", "surrogate then nul escape"):
+                # refused by the API's own check, before the database
+                assert "\\u0000" in j["error"]["message"], j
         except AssertionError as e:
             failures.append(f"{name}: {e}")
     assert not failures, "\n".join(failures)

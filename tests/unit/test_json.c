@@ -216,6 +216,24 @@ static void test_body(void **state)
 	BODY("\"\xed\xa0\x80\"", "[\"\\\"" FFFD FFFD FFFD "\\\"\"]");
 }
 
+#define JSONB(lit) json_is_valid_jsonb(lit, sizeof(lit) - 1)
+
+static void test_valid_jsonb(void **state)
+{
+	assert_true(JSONB("{\"a\":\"\\ud83d\\ude00 \\u00e9\"}"));
+	assert_true(JSONB("\"\\\\u0000\""));          /* an escaped backslash, then text */
+	assert_false(JSONB("\"x\\u0000\""));
+	assert_false(JSONB("{\"\\u0000\":1}"));        /* in a key too */
+	assert_false(JSONB("\"\\ud83d\""));
+	assert_false(JSONB("\"\\ud83dx\""));
+	assert_false(JSONB("\"\\ude00\""));
+	assert_false(JSONB("\"\\ud83d\\u0000\""));    /* yajl shows no NUL here */
+	assert_false(JSONB("\"\\ud83d\\ud83d\\ude00\""));
+	assert_false(JSONB("not json"));
+	assert_false(json_is_valid_jsonb(NULL, 0));
+	assert_false(json_is_valid_jsonb("", 0));
+}
+
 static void test_body_null_sb_safe(void **state)
 {
 	StrBuf sb;
@@ -309,6 +327,7 @@ int main(void)
 		cmocka_unit_test(test_string_escape),
 		cmocka_unit_test(test_valid_depth),
 		cmocka_unit_test(test_body),
+		cmocka_unit_test(test_valid_jsonb),
 		cmocka_unit_test(test_body_null_sb_safe),
 		cmocka_unit_test(test_value),
 		cmocka_unit_test(test_get_path),
