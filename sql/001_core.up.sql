@@ -347,8 +347,9 @@ COMMENT ON FUNCTION batchd.submit_batch(text, text, jsonb, jsonb) IS
 -- locked in id order after the item rows (see the lock order at the top).
 --
 -- One SQL statement does it all. The picker is an ordered scan of the partial
--- claim index that stops after `limit` locked rows: O(limit), whatever the
--- number of finished items. plan_cache_mode = force_custom_plan makes PL/pgSQL
+-- claim index that stops after `limit` locked rows: O(limit) in live entries,
+-- whatever the number of finished items, but it steps over the dead entries of
+-- items claimed since the last vacuum (010's claim_items resumes past them). plan_cache_mode = force_custom_plan makes PL/pgSQL
 -- plan the statement with the actual limit and routes on every call (a generic
 -- plan would have to guess the LIMIT as 10% of the queue and may pick a sort);
 -- planning costs well under a millisecond.

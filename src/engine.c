@@ -83,6 +83,8 @@ static void rec_prepend(RecList *dst, RecList *src)
 
 /* items one claim statement asks for at most (see engine_maybe_claim) */
 #define CLAIM_MAX 250
+/* a claim starts from the head of the queue at least this often (ms) */
+#define CLAIM_HEAD_MS 500
 
 static void arm_ms(struct event *ev, int64_t ms)
 {
@@ -546,10 +548,19 @@ static void claim_done(PGresult *res, void *arg)
 	n = PQntuples(res);
 	e->st.claimed += (uint64_t)n;
 	if (n > 0)
-		log_debug("claimed %d item(s)", n);
+		log_debug("claimed %d item(s)%s", n, e->claim_resumed ? " (resumed)" : "");
 	/* a full claim means there is probably more; so does a NOTIFY that
 	 * arrived while the claim was running */
 	e->more_work = n >= e->claim_asked || e->wake_seq != e->claim_wake_seq;
+	/* the next claim may resume after this one's last item only if this one
+	 * was full and nothing was announced meanwhile (see engine_maybe_claim) */
+	e->resume_ok = false;
+	if (PQnfields(res) >= 7 && n > 0 && n >= e->claim_asked &&
+	    e->wake_seq == e->claim_wake_seq) {
+		e->resume_priority = atoi(PQgetvalue(res, n - 1, 6));
+		e->resume_id = strtoll(PQgetvalue(res, n - 1, 0), NULL, 10);
+		e->resume_ok = true;
+	}
 	if (e->have_groups && n < e->claim_asked && !evtimer_pending(e->group_timer, NULL)) {
 		/* group limits may have held items back: their spacing ends on its
 		 * own, with no NOTIFY, so look again after the shortest interval */
@@ -614,6 +625,7 @@ static void engine_maybe_claim(Engine *e)
 	int cap, threshold;
 	char limit[16];
 	const char *params[6];
+	bool resumed;
 	int rc;
 
 	if (!e->setup_done || e->claim_inflight || e->stop != STOP_NONE || !e->more_work)
@@ -640,6 +652,7 @@ static void engine_maybe_claim(Engine *e)
 	params[0] = e->bd->worker_id;
 	params[1] = e->routes_param;
 	params[2] = limit;
+	resumed = false;
 	if (e->have_groups) {
 		/* routes with per-group limits are enforced in the claim, fleet-wide */
 		params[3] = e->group_routes_param;
@@ -649,12 +662,37 @@ static void engine_maybe_claim(Engine *e)
 			      "FROM batchd.claim_items($1::uuid, $2::text[], $3::int, $4::text[], "
 			      "$5::int[], $6::float8[])", 6, params, claim_done, e);
 	} else {
-		rc = db_query(e->db, "SELECT id, batch_id, route, payload, attempts, max_attempts "
-			      "FROM batchd.claim_items($1::uuid, $2::text[], $3::int)",
-			      3, params, claim_done, e);
+		/*
+		 * Resume after the last item of the previous claim while claims
+		 * come back full: a claim from the head steps over the dead index
+		 * entries of everything claimed since the last vacuum (sql/010).
+		 * From the head after a NOTIFY (new batches, released or retried
+		 * items: wake() clears resume_ok), after a short claim, and at
+		 * least every CLAIM_HEAD_MS for requeued items whose run_after
+		 * passed, which announce nothing.
+		 */
+		char prio[16], after[24];
+		int64_t now = now_monotonic_us();
+
+		if (e->resume_ok && now - e->head_claim_us < CLAIM_HEAD_MS * 1000) {
+			snprintf(prio, sizeof(prio), "%d", e->resume_priority);
+			snprintf(after, sizeof(after), "%lld", e->resume_id);
+			params[3] = prio;
+			params[4] = after;
+			resumed = true;
+		} else {
+			params[3] = NULL;
+			params[4] = NULL;
+		}
+		rc = db_query(e->db, "SELECT id, batch_id, route, payload, attempts, max_attempts, "
+			      "priority FROM batchd.claim_items($1::uuid, $2::text[], "
+			      "$3::int, $4::int, $5::bigint)", 5, params, claim_done, e);
+		if (rc >= 0 && !resumed)
+			e->head_claim_us = now;
 	}
 	if (rc < 0)
 		return;
+	e->claim_resumed = resumed;
 	e->claim_inflight = true;
 	e->claim_asked = cap;
 	e->claim_wake_seq = e->wake_seq;
@@ -672,6 +710,7 @@ static void wake(Engine *e)
 {
 	e->more_work = true;
 	e->urgent = true;
+	e->resume_ok = false;   /* something may be ahead: claim from the head */
 	e->wake_seq++;
 	engine_maybe_claim(e);
 }
@@ -946,6 +985,7 @@ static void on_disconnect(Db *db, void *arg)
 	e->db_down_since_us = now_monotonic_us();
 	e->setup_done = false;
 	e->claim_inflight = false;
+	e->resume_ok = false;
 	e->dereg_inflight = false;
 	log_warn("database unavailable: %d transfer(s) continue, %d completion(s) buffered",
 		 e->ntransfers, e->pending.n);

@@ -152,6 +152,13 @@ struct Engine {
 	int claim_landing;        /* rows of the last claim not yet made jobs */
 	unsigned wake_seq;
 	unsigned claim_wake_seq;
+	/* Where the next claim resumes (see engine_maybe_claim): the priority
+	 * and id of the last item of the last full claim, while resume_ok. */
+	bool resume_ok;
+	bool claim_resumed;       /* the claim in flight resumes */
+	int resume_priority;
+	long long resume_id;
+	int64_t head_claim_us;    /* monotonic start of the last claim from the head */
 	char *routes_param;       /* text[] literals for the claim */
 	char *group_routes_param;
 	char *group_conc_param;

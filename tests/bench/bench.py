@@ -270,6 +270,7 @@ PG_STATS_SETTINGS = {
     "shared_preload_libraries": "'pg_stat_statements'",
     "pg_stat_statements.track": "all",
     "pg_stat_statements.max": "1000",
+    "pg_stat_statements.track_planning": "on",
 }
 
 PG_SETTINGS = {
@@ -1308,12 +1309,12 @@ UPDATE c1.items AS i
         with self.pg.connect("bench_tmpl") as c:
             rows = c.execute(
                 "SELECT calls, round(total_exec_time::numeric, 1), round(mean_exec_time::numeric, 3), "
-                "rows, toplevel, regexp_replace(left(query, 160), '\\s+', ' ', 'g') "
+                "rows, toplevel, round(total_plan_time::numeric, 1), regexp_replace(left(query, 160), '\\s+', ' ', 'g') "
                 "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25").fetchall()
         log(f"{fig}: pg_stat_statements, top by total time (ms):")
         for r in rows:
             log(f"  calls {r[0]:>7}  total {r[1]:>10}  mean {r[2]:>9}  rows {r[3]:>8}  "
-                f"{'top' if r[4] else 'nested'}  {r[5]}")
+                f"{'top' if r[4] else 'nested'}  plan {r[5]:>8}  {r[6]}")
         self.details.setdefault("pg_stats", {})[fig] = [list(map(str, r)) for r in rows]
 
     def rows_for(self, selected):

@@ -540,3 +540,72 @@ def test_cancel_drops_items_held_but_not_sent(db, conn, mock, batchd_factory):
     assert m[key % (ROUTE, "deferred")] == 0, m
     assert m[key % (ROUTE, "succeeded")] + m[key % (ROUTE, "failed")] == \
         b["succeeded"] + b["failed"], m
+
+
+# ------------------------------------------------------------------ claim order, resumed claims
+
+def test_higher_priority_batch_submitted_mid_drain_goes_first(db, conn, mock, batchd_factory):
+    """While claims resume after the previous claim's last item (sql/010), a
+    batch submitted at a higher priority is ahead of that point: its NOTIFY
+    must send the next claim back to the head of the queue, so that its items
+    start before the rest of the lower-priority batch."""
+    start(batchd_factory, db, mock, provider={"url": mock.url("/item/{id}?latency_ms=10")},
+          max_inflight=10, poll_interval="60s")
+    low = submit(conn, "t", ROUTE, [{"id": f"low{i}"} for i in range(3000)], {"priority": 1})
+    wait_until(lambda: batch(conn, low)["succeeded"] >= 300, 30, desc="the low batch under way")
+    high = submit(conn, "t", ROUTE, [{"id": f"high{i}"} for i in range(100)], {"priority": 9})
+    assert wait_batch_done(conn, high, timeout=30)["status"] == "completed"
+    r = conn.execute(
+        "SELECT (SELECT created_at FROM batchd.batches WHERE id = %(h)s) AS submitted, "
+        "       (SELECT max(started_at) FROM batchd.items WHERE batch_id = %(h)s) AS last_high",
+        {"h": high}).fetchone()
+    # low-priority items claimed between the high batch's submit and the
+    # claim of its last item: at most what was in flight or being claimed at
+    # the submit (max_inflight 10 + claim_ahead 1), whatever the claim size
+    n_low = count(conn, "SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s "
+                        "AND started_at > %s AND started_at < %s", low, r["submitted"], r["last_high"])
+    assert n_low <= 22, f"{n_low} low-priority items were claimed while the high batch waited"
+    assert batch(conn, low)["status"] != "completed", "the low batch ended first: nothing measured"
+    assert wait_batch_done(conn, low, timeout=60)["status"] == "completed"
+    assert check_consistency(conn) == []
+
+
+def test_claims_do_not_walk_the_claimed_prefix(db, conn, mock, batchd_factory, capsys):
+    """A claim from the head of the queue steps over the dead claim-index
+    entries of every item claimed since the last vacuum; batchd resumes after
+    its previous claim instead, so the claim index pages read per claim stay
+    small however much was drained (autovacuum is off here, as it would be
+    between two of its passes)."""
+    n = 20000
+    conn.execute("ALTER TABLE batchd.items SET (autovacuum_enabled = off)")
+    conn.execute(f'ALTER DATABASE "{db.name}" SET track_functions = \'pl\'')
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(n)])
+
+    def claim_index_pages():
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute("SELECT idx_blks_hit + idx_blks_read AS n FROM pg_statio_user_indexes "
+                            "WHERE indexrelname = 'items_claim_idx'").fetchone()["n"]
+
+    def claim_calls():
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute("SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_user_functions "
+                            "WHERE schemaname = 'batchd' AND funcname = 'claim_items'").fetchone()["n"]
+
+    # the submit's own index insertions are flushed to the statistics first
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT 1")
+    pages0 = claim_index_pages()
+    d = start(batchd_factory, db, mock, max_inflight=100, poll_interval="60s")
+    assert wait_batch_done(conn, bid, timeout=120)["status"] == "completed"
+    d.stop()  # its sessions end: their statistics are flushed
+    wait_until(lambda: claim_calls() > 0, 10, desc="claim statistics flushed")
+    time.sleep(0.5)
+    pages, calls = claim_index_pages() - pages0, claim_calls()
+    per_claim = pages / calls
+    with capsys.disabled():
+        print(f"\n[claims] {calls} claims of {n} items read {pages} claim-index pages "
+              f"({per_claim:.1f} per claim)")
+    # From the head, a claim reads a root page, then every leaf page of the
+    # claimed prefix: 20,000 entries fill ~100 leaves, so ~50 pages a claim on
+    # average. Resumed, it reads the root and one or two leaves.
+    assert per_claim < 10, f"{per_claim:.1f} claim-index pages per claim ({pages} / {calls})"

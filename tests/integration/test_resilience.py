@@ -241,6 +241,35 @@ def test_long_retry_after_requeues_item(db, conn, mock, batchd_factory, capsys):
         print(f"\n[long retry-after] run_after {ahead:.1f}s ahead, attempts {it['attempts']}")
 
 
+def test_requeued_item_is_claimed_when_due_during_a_long_drain(db, conn, mock, batchd_factory,
+                                                              capsys):
+    """A requeued item whose run_after passes announces nothing, and while the
+    queue stays busy batchd's claims resume after their previous one (sql/010),
+    past that item. A claim from the head at least every 500 ms must still
+    pick it up soon after it is due, not when the drain ends or at the next
+    poll (60 s here)."""
+    mock.configure(latency_ms=10,
+                   ids={"5": {"fail_first": 1, "error_status": 429, "retry_after": "1"}})
+    batchd_factory(db=db, providers={"a": prov(mock, requeue_after="200ms", backoff="50ms",
+                                               breaker_failures=NO_BREAKER)},
+                   routes={ROUTE: "a"}, max_inflight=10, poll_interval="60s")
+    n = 4000
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(n)])
+    b = wait_batch_done(conn, bid, timeout=90)
+    assert (b["status"], b["succeeded"]) == ("completed", n), b
+    reqs = by_id(mock.all_requests())
+    first, second = reqs["5"][0]["t"], reqs["5"][-1]["t"]
+    assert len(reqs["5"]) == 2 and reqs["5"][0]["status"] == 429, reqs["5"]
+    last = max(r["t"] for rs in reqs.values() for r in rs)
+    gap = second - first
+    with capsys.disabled():
+        print(f"\n[requeued when due] retried {gap:.2f}s after its 429 (Retry-After 1 s); "
+              f"the drain went on {last - second:.1f}s more")
+    assert 0.9 <= gap < 2.5, f"the requeued item was retried {gap:.2f}s after a Retry-After of 1 s"
+    assert last - second > 1.0, "the drain ended too soon after the retry: nothing measured"
+    assert check_consistency(conn) == []
+
+
 # ------------------------------------------------------------------ breaker, failover
 
 def test_breaker_opens_failover_then_recovers(db, conn, mock_factory, batchd_factory, capsys):

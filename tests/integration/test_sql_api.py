@@ -214,6 +214,93 @@ def test_bad_input_after_good_batch_changes_nothing(conn):
 
 # ------------------------------------------------------------------ migrations
 
+# ------------------------------------------------------------------ claim_items, resumed (010)
+
+W = "00000000-0000-4000-8000-00000000000a"
+
+
+def resume_claim(conn, routes, limit, after_priority=None, after_id=None):
+    return conn.execute("SELECT * FROM batchd.claim_items(%s, %s, %s, %s, %s)",
+                        (W, routes, limit, after_priority, after_id)).fetchall()
+
+
+def ids_by_seq(conn, bid):
+    return [it["id"] for it in items(conn, bid)]
+
+
+def test_resumed_claim_from_the_head_is_the_plain_claim(conn):
+    low = ids_by_seq(conn, submit(conn, "t", "r", [{"n": i} for i in range(3)], {"priority": 2}))
+    high = ids_by_seq(conn, submit(conn, "t", "r", [{"n": i} for i in range(2)], {"priority": 7}))
+    rows = resume_claim(conn, ["r"], 4)
+    assert [r["id"] for r in rows] == high + low[:2]
+    assert [r["priority"] for r in rows] == [7, 7, 2, 2]
+    assert all(r["attempts"] == 1 for r in rows)
+    got = {it["id"]: it for b in ("r",) for it in conn.execute(
+        "SELECT * FROM batchd.items WHERE id = ANY (%s)", ([r["id"] for r in rows],)).fetchall()}
+    assert all(it["status"] == "running" and str(it["worker_id"]) == W for it in got.values())
+
+
+def test_resumed_claim_starts_after_the_given_item(conn):
+    bid = submit(conn, "t", "r", [{"n": i} for i in range(10)], {"priority": 5})
+    ids = ids_by_seq(conn, bid)
+    # items 0-2 are still queued: a claim resuming after item 4 skips them
+    rows = resume_claim(conn, ["r"], 3, 5, ids[4])
+    assert [r["id"] for r in rows] == ids[5:8]
+    assert batch(conn, bid)["status"] == "processing"
+    events = conn.execute("SELECT event FROM batchd.batch_events WHERE batch_id = %s "
+                          "AND event = 'started'", (bid,)).fetchall()
+    assert len(events) == 1
+
+
+def test_resumed_claim_goes_on_from_the_head_when_short(conn):
+    low = ids_by_seq(conn, submit(conn, "t", "r", [{"n": i} for i in range(3)], {"priority": 1}))
+    mid = ids_by_seq(conn, submit(conn, "t", "r", [{"n": i} for i in range(4)], {"priority": 5}))
+    # after mid[1] there are 2 of priority 5; the other 3 come from the head:
+    # mid[0] and mid[1] (ahead of the starting point), then the lower priority
+    rows = resume_claim(conn, ["r"], 5, 5, mid[1])
+    assert sorted(r["id"] for r in rows) == sorted(mid + low[:1])
+    # returned in claim order, whatever part found them
+    assert [r["id"] for r in rows] == mid + low[:1]
+
+
+def test_resumed_claim_several_routes_and_due_items_only(conn):
+    a = ids_by_seq(conn, submit(conn, "t", "a", [{"n": i} for i in range(4)]))
+    b = ids_by_seq(conn, submit(conn, "t", "b", [{"n": i} for i in range(4)]))
+    c = ids_by_seq(conn, submit(conn, "t", "c", [{"n": i} for i in range(4)]))
+    conn.execute("UPDATE batchd.items SET run_after = now() + interval '1 hour' WHERE id = %s",
+                 (b[1],))
+    rows = resume_claim(conn, ["a", "b"], 100, 5, a[2])
+    got = [r["id"] for r in rows]
+    # after a[2]: a[3], b[0], b[2], b[3] (b[1] not due); then a[0..2] from the head
+    assert got == sorted(a + [b[0], b[2], b[3]]), got
+    assert not set(got) & set(c)
+    # a single route (the form whose route test the btree checks)
+    assert [r["id"] for r in resume_claim(conn, ["c"], 2, 5, c[0])] == c[1:3]
+
+
+def test_resumed_claim_skips_rows_locked_elsewhere(db, conn):
+    bid = submit(conn, "t", "r", [{"n": i} for i in range(6)])
+    ids = ids_by_seq(conn, bid)
+    other = db.connect()
+    with other.transaction():
+        other.execute("SELECT id FROM batchd.items WHERE id = ANY (%s) FOR UPDATE",
+                      ([ids[2], ids[3]],))
+        rows = resume_claim(conn, ["r"], 10, 5, ids[1])
+        assert [r["id"] for r in rows] == [ids[0], ids[1], ids[4], ids[5]]
+    other.close()
+
+
+@pytest.mark.parametrize("limit,routes", [(0, ["r"]), (None, ["r"]), (5, []), (5, None)])
+def test_resumed_claim_nothing_to_do(conn, limit, routes):
+    submit(conn, "t", "r", [{"n": 1}])
+    assert resume_claim(conn, routes, limit, 5, 0) == []
+
+
+def test_resumed_claim_refuses_a_null_worker(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute("SELECT * FROM batchd.claim_items(NULL, ARRAY['r'], 1, NULL, NULL)")
+
+
 def test_migrate_creates_schema(conn):
     for t in ("batchd.batches", "batchd.items", "batchd.workers", "batchd.batch_events",
               "batchd.schema_migrations"):
