@@ -294,9 +294,10 @@ static int flush_threshold(const Engine *e)
  * Send buffered completions.  Outcomes are written on their own connection,
  * so that claims never wait behind a flush.  A flush starts as soon as the
  * connection is idle, at most one per flush_interval unless flush_threshold
- * outcomes are waiting (or force): at a high rate each statement carries
- * many outcomes (cheap per item), at a low rate an outcome waits at most
- * flush_interval.
+ * outcomes are waiting, no item is held (nothing else is coming: the end of
+ * a drain is written at once) or force: at a high rate each statement
+ * carries many outcomes (cheap per item), at a low rate an outcome waits at
+ * most flush_interval.
  */
 static void engine_maybe_flush(Engine *e, bool force)
 {
@@ -309,7 +310,8 @@ static void engine_maybe_flush(Engine *e, bool force)
 		return;
 	now = now_monotonic_us();
 	due = e->last_flush_us + e->cfg->flush_interval_ms * 1000;
-	if (!force && e->pending.n < flush_threshold(e) && now < due) {
+	/* with no item held, no outcome is coming to share the statement */
+	if (!force && e->njobs > 0 && e->pending.n < flush_threshold(e) && now < due) {
 		if (!evtimer_pending(e->flush_timer, NULL))
 			arm_ms(e->flush_timer, (due - now) / 1000 + 1);
 		return;

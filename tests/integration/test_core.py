@@ -102,6 +102,23 @@ def test_full_outcome_buffer_flushes_without_waiting_for_the_timer(db, conn, moc
     assert check_consistency(conn) == []
 
 
+def test_last_outcomes_are_written_at_once_when_nothing_else_is_held(db, conn, mock,
+                                                                     batchd_factory):
+    # flush_interval batches outcomes that arrive close together; once the
+    # process holds no other item, none is coming to share the statement, so
+    # the last ones are written at once instead of after the interval.
+    start(batchd_factory, db, mock, max_inflight=100, flush_interval="5s", poll_interval="60s")
+    time.sleep(0.5)
+    for round_ in range(2):  # the second round starts within the interval
+        bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(30)])
+        t0 = time.monotonic()
+        b = wait_batch_done(conn, bid, timeout=20)
+        took = time.monotonic() - t0
+        assert (b["status"], b["succeeded"]) == ("completed", 30), b
+        assert took < 2.0, f"round {round_}: 30 items took {took:.1f}s with flush_interval 5s"
+    assert check_consistency(conn) == []
+
+
 @pytest.mark.parametrize("ahead", [0, 4])
 def test_claim_ahead_holds_more_but_sends_max_inflight(db, conn, mock, batchd_factory, ahead):
     # max_inflight caps the transfers; claim_ahead more items wait in the
