@@ -1582,6 +1582,7 @@ void engine_reload(Engine *e, Config *nc)
 	e->cfg_jobs = 0;
 	e->bd->cfg = nc;
 	build_claim_params(e);
+	e->resume_ok = false;   /* routes may have changed: next claim from the head */
 	if (e->setup_done && send_sync_routes(e, reload_sync_done) < 0)
 		log_warn("reload: database away; route hooks are recorded at reconnect");
 	dispatch_wake_all(e);

@@ -29,7 +29,9 @@ all on 127.0.0.1, and prints ONE table on stdout (progress goes to stderr):
   B5  memory: peak RSS (VmHWM, and VmRSS sampled) of batchd during B2; VmRSS
       after 10% and after 100% of the B6 run (growth).
   B6  sustained: one batchd drains N items (all submitted first); items/s of the
-      last 10% vs the first 10% (100k of 1M), bloat and index growth included.
+      last 10% vs the first 10% (100k of 1M), bloat and index growth included;
+      B6.trend (shown only): a least-squares line through the ten tenths' rates,
+      fitted last / fitted first, which one autovacuum pass does not swing.
   B7  rate accuracy: provider rate 500/s, burst 10; achieved rate over the 20 s
       after the first second (compared with the target at 3 decimals: one
       arrival more or less at an edge is 1 in 10,000), and the largest sliding one-second window of
