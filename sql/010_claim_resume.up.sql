@@ -66,8 +66,13 @@ BEGIN
         RETURN;
     END IF;
 
-    -- (1) From the starting point: same priority, larger id. The btree starts
-    -- at (priority, id) and reads O(limit) entries.
+    -- (1) From the starting point: same priority, larger id. With the priority
+    -- fixed, id order is the claim order, so the planner may read either the
+    -- claim index from (priority, id) or the primary key from id (it often
+    -- picks the latter); both start at the starting point and stop after
+    -- `limit` rows when the items that follow are ours. (Items of routes
+    -- this worker does not serve that follow at the same priority are read
+    -- and skipped either way, as a claim from the head does.)
     IF p_after_priority IS NOT NULL AND p_after_id IS NOT NULL THEN
         EXECUTE 'SELECT coalesce(array_agg(s.id), ''{}'')
                    FROM (SELECT i.id
