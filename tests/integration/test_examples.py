@@ -18,13 +18,14 @@ processes, by PID), then SIGKILL.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 
 import pytest
 
 from conftest import (REPO, SANITIZER_ENV, SANITIZER_MARKERS, batchd_bin, mock_bin, read_text,
-                      require_binary, run_batchd, tail)
+                      require_binary, run_batchd, submit, tail)
 
 EXAMPLES = os.path.join(REPO, "contrib", "examples")
 NAMES = ["registry-verification", "activity-batches", "account-sync", "crash-recovery",
@@ -164,18 +165,84 @@ def test_registry_verification(new_database, tmp_path):
     assert n1["by_provider"].get("registry", 0) > 0 and n1["by_provider"].get("registry_paid", 0) > 0
     assert res["breaker_opened"] >= 1
     assert n1["tickets_opened"] == len(severe)
-    # night 2: only the failed ones, all fail again: under 90%, one alert
+    # night 2: only the failed ones, all fail again
     n2 = res["night2"]
     assert (n2["status"], n2["total"], n2["success_rate"]) == ("failed", len(unknown | garbled), 0)
-    alerts = q(conn, "SELECT kind, batch_id FROM registry.alerts")
-    assert [(a["kind"], str(a["batch_id"])) for a in alerts] == \
-        [("low_success_rate", res["night2_batch"])]
+
+    # the runbook's alerts, recomputed here from the seed's rules
+    flagged = set().union(*expect.values())
+
+    def expected_alerts(run, flagged_trucks, ticketed):
+        done = run["succeeded"] + run["failed"]
+        kinds = set()
+        if float(run["success_rate"] or 0) < 90:
+            kinds.add("low_success_rate")
+        if done == 0:
+            kinds.add("nothing_processed")
+        if done and 100.0 * run["failed"] / done > 20:
+            kinds.add("high_failure_rate")
+        if float(run["seconds"]) > 60 * 60:
+            kinds.add("long_run")
+        if done and 100.0 * len(flagged_trucks) / done > 20:
+            kinds.add("many_flagged")
+        if done and 100.0 * ticketed / done > 10:
+            kinds.add("many_tickets")
+        return sorted(kinds)
+
+    by_batch = {str(k): v for k, v in res["alert_kinds"].items()}
+    assert by_batch.get(res["night1_batch"], []) == expected_alerts(n1, flagged, len(severe))
+    assert by_batch.get(res["night2_batch"], []) == expected_alerts(n2, set(), 0)
+    assert by_batch[res["night2_batch"]] == ["high_failure_rate", "low_success_rate"]
+    # the seed flags about a fifth of the trucks and tickets a sixth: night 1
+    # breaks both of those thresholds (a check that the rules really fire)
+    assert {"many_flagged", "many_tickets"} <= set(by_batch[res["night1_batch"]])
+    assert set(by_batch) == {res["night1_batch"], res["night2_batch"]}
+
     # the callback ran once per run
     assert one(conn, "SELECT count(*) AS n FROM registry.runs")["n"] == 2
     for bid in (res["night1_batch"], res["night2_batch"]):
         assert callback_events(conn, bid) == ["callback_done"]
     assert "circuit breaker closed -> open" in out
+    # registry.check_running(): a run going on for longer than 60 min raises
+    # long_run once, while it runs; a short one or a finished one does not
+    assert one(conn, "SELECT registry.check_running() AS n")["n"] == 0
+    late = submit(conn, "fleet", "registry", [{"truck_id": 1, "vin": "X"}])
+    fresh = submit(conn, "fleet", "registry", [{"truck_id": 2, "vin": "Y"}])
+    conn.execute("UPDATE batchd.batches SET created_at = now() - interval '61 minutes' "
+                 "WHERE id = %s", (late,))
+    assert one(conn, "SELECT registry.check_running() AS n")["n"] == 1
+    assert one(conn, "SELECT registry.check_running() AS n")["n"] == 0
+    rows = q(conn, "SELECT kind, batch_id::text AS b, message FROM registry.alerts "
+                   "WHERE batch_id IN (%s, %s)", late, fresh)
+    assert [(r["kind"], r["b"]) for r in rows] == [("long_run", late)], rows
+    assert "still running after 61 min" in rows[0]["message"], rows[0]
+    conn.execute("SELECT batchd.cancel_batch(%s, %s)", ("fleet", late))
+    conn.execute("SELECT batchd.cancel_batch(%s, %s)", ("fleet", fresh))
     assert_batchd_clean(conn)
+
+
+PROM_DIR = os.path.join(REPO, "contrib", "prometheus")
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool not installed (Debian package prometheus)")
+def test_prometheus_alert_rules_check_and_pass_their_tests():
+    """contrib/prometheus/batchd-alerts.yml: the runbook's alerts that batchd's
+    metrics can tell pass `promtool check rules`, and their unit tests
+    (batchd-alerts.test.yml: each alert fires on a bad night and stays quiet on
+    a good one) pass `promtool test rules`."""
+    r = subprocess.run(["promtool", "check", "rules", "batchd-alerts.yml"], cwd=PROM_DIR,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "SUCCESS: 4 rules found" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(["promtool", "test", "rules", "batchd-alerts.test.yml"], cwd=PROM_DIR,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+    # every metric a rule names is one batchd exports (a name in src/)
+    rules = read_text(os.path.join(PROM_DIR, "batchd-alerts.yml"))
+    src = "".join(read_text(os.path.join(REPO, "src", f))
+                  for f in os.listdir(os.path.join(REPO, "src")) if f.endswith(".c"))
+    for name in set(re.findall(r"\bbatchd_[a-z_]+", rules)):
+        assert f'"{name}' in src, f"{name} is not a metric batchd exports"
 
 
 # ------------------------------------------------------------------ activity-batches

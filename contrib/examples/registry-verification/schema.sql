@@ -68,6 +68,13 @@ CREATE TABLE registry.runs (
     finished_at    timestamptz NOT NULL
 );
 
+-- Alerts from the runbook, raised by the batch callback at the end of a run
+-- and by registry.check_running() (the nightly timer or cron calls it every
+-- few minutes) while one runs. One alert of a kind per run: a retried batch
+-- that still breaks a threshold does not raise it twice. The thresholds are
+-- the rows of registry.alert_thresholds. Breaker state is not in the
+-- database: "breaker open longer than 30 minutes" is a Prometheus rule
+-- (contrib/prometheus/batchd-alerts.yml), beside the same runbook's others.
 CREATE TABLE registry.alerts (
     id       bigserial   PRIMARY KEY,
     at       timestamptz NOT NULL DEFAULT now(),
@@ -75,6 +82,20 @@ CREATE TABLE registry.alerts (
     message  text        NOT NULL,
     batch_id uuid
 );
+CREATE UNIQUE INDEX alerts_once_per_run ON registry.alerts (batch_id, kind);
+
+CREATE TABLE registry.alert_thresholds (
+    kind        text    PRIMARY KEY,
+    threshold   numeric NOT NULL,
+    description text    NOT NULL
+);
+INSERT INTO registry.alert_thresholds VALUES
+    ('low_success_rate',  90, 'fewer than this % of the due trucks verified'),
+    ('nothing_processed',  0, 'a run that verified or failed no truck at all'),
+    ('high_failure_rate', 20, 'more than this % of the run''s trucks failed'),
+    ('long_run',          60, 'a run still going, or that took, longer than this many minutes'),
+    ('many_flagged',      20, 'more than this % of the trucks checked were flagged'),
+    ('many_tickets',      10, 'more than this % of the trucks checked got a ticket');
 
 -- What the simulated registry knows, by VIN (seed data). The mock provider
 -- answers every request with an echo of it ({"id": "<vin>", "path": ...});
@@ -251,13 +272,104 @@ BEGIN
            success_rate = excluded.success_rate, flags_raised = excluded.flags_raised,
            tickets_opened = excluded.tickets_opened, by_provider = excluded.by_provider,
            seconds = excluded.seconds, finished_at = excluded.finished_at;
-    IF v_rate IS NULL OR v_rate < 90 THEN
-        INSERT INTO alerts (kind, message, batch_id)
-        VALUES ('low_success_rate',
-                format('%s: %s%% of %s trucks verified (threshold 90%%)',
-                       coalesce(batch.name, batch.id::text), coalesce(v_rate, 0),
-                       batch.total - batch.cancelled),
-                batch.id);
-    END IF;
+    PERFORM registry.raise_run_alerts(batch.id);
 END
+$$;
+
+-- Raise the alerts that one finished run (its registry.runs row) breaks;
+-- returns how many were new.
+CREATE FUNCTION registry.raise_run_alerts(p_batch uuid) RETURNS int
+LANGUAGE plpgsql
+SET search_path = registry, pg_catalog
+AS $$
+DECLARE
+    r         runs;
+    v_name    text;
+    v_done    int;      -- trucks checked: succeeded + failed
+    v_flagged int;      -- trucks of this run with an open flag
+    v_n       int := 0;
+    t         record;
+    v_pct     numeric;
+    v_msg     text;
+BEGIN
+    SELECT * INTO r FROM runs WHERE batch_id = p_batch;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    v_name := coalesce(r.name, r.batch_id::text);
+    v_done := r.succeeded + r.failed;
+    SELECT count(DISTINCT f.truck_id) INTO v_flagged
+      FROM compliance_flags AS f WHERE f.batch_id = p_batch;
+    FOR t IN SELECT * FROM alert_thresholds LOOP
+        v_msg := NULL;
+        CASE t.kind
+        WHEN 'low_success_rate' THEN
+            IF coalesce(r.success_rate, 0) < t.threshold THEN
+                v_msg := format('%s: %s%% of %s trucks verified (threshold %s%%)', v_name,
+                                coalesce(r.success_rate, 0), r.total, t.threshold);
+            END IF;
+        WHEN 'nothing_processed' THEN
+            IF v_done <= t.threshold THEN
+                v_msg := format('%s: no truck was checked (%s submitted)', v_name, r.total);
+            END IF;
+        WHEN 'high_failure_rate' THEN
+            v_pct := round(100.0 * r.failed / nullif(v_done, 0), 1);
+            IF v_pct > t.threshold THEN
+                v_msg := format('%s: %s%% of %s checked trucks failed (threshold %s%%)',
+                                v_name, v_pct, v_done, t.threshold);
+            END IF;
+        WHEN 'long_run' THEN
+            IF r.seconds > t.threshold * 60 THEN
+                v_msg := format('%s: the run took %s min (threshold %s min)', v_name,
+                                round(r.seconds / 60, 1), t.threshold);
+            END IF;
+        WHEN 'many_flagged' THEN
+            v_pct := round(100.0 * v_flagged / nullif(v_done, 0), 1);
+            IF v_pct > t.threshold THEN
+                v_msg := format('%s: %s%% of %s checked trucks flagged (threshold %s%%)',
+                                v_name, v_pct, v_done, t.threshold);
+            END IF;
+        WHEN 'many_tickets' THEN
+            v_pct := round(100.0 * r.tickets_opened / nullif(v_done, 0), 1);
+            IF v_pct > t.threshold THEN
+                v_msg := format('%s: %s%% of %s checked trucks got a ticket (threshold %s%%)',
+                                v_name, v_pct, v_done, t.threshold);
+            END IF;
+        ELSE
+            NULL;
+        END CASE;
+        IF v_msg IS NOT NULL THEN
+            INSERT INTO alerts (kind, message, batch_id) VALUES (t.kind, v_msg, p_batch)
+            ON CONFLICT (batch_id, kind) DO NOTHING;
+            IF FOUND THEN
+                v_n := v_n + 1;
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN v_n;
+END
+$$;
+
+-- While a run goes on: a registry run processing for longer than the
+-- long_run threshold raises its alert now, not at its end. Returns how many
+-- alerts were raised. Call it every few minutes (timer, cron, pg_cron).
+CREATE FUNCTION registry.check_running() RETURNS int
+LANGUAGE sql
+SET search_path = registry, pg_catalog
+AS $$
+    WITH late AS (
+        INSERT INTO alerts (kind, message, batch_id)
+        SELECT 'long_run',
+               format('%s: still running after %s min (threshold %s min; %s of %s done)',
+                      coalesce(b.name, b.id::text),
+                      round(extract(epoch FROM now() - coalesce(b.started_at, b.created_at)) / 60),
+                      t.threshold, b.succeeded + b.failed + b.cancelled, b.total),
+               b.id
+          FROM batchd.batches AS b, alert_thresholds AS t
+         WHERE t.kind = 'long_run' AND b.route = 'registry'
+           AND b.status IN ('pending', 'processing')
+           AND now() - coalesce(b.started_at, b.created_at) > t.threshold * interval '1 minute'
+        ON CONFLICT (batch_id, kind) DO NOTHING
+        RETURNING 1)
+    SELECT count(*)::int FROM late;
 $$;
