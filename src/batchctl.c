@@ -863,6 +863,52 @@ static int opt_common(Ctl *ctl, const Command *cmd, int c, char **argv)
 	}
 }
 
+/*
+ * Options may stand before or after the command name (and, for "token",
+ * before or after its create/revoke): the command line is reordered so that
+ * the command comes first and its own parser, which permutes, reads every
+ * option wherever it stood. To find the operands, the options that take a
+ * value (as "--opt VALUE") must be known: every command's, here. A test
+ * (test_batchctl.py) checks that this list matches the option tables.
+ */
+static const char *const value_options[] = {
+	"cursor", "database", "format", "group-key", "idempotency-key", "interval",
+	"limit", "max-attempts", "metadata", "name", "priority", "route", "status",
+	"tenant", "token", "url", NULL,
+};
+
+static bool option_takes_value(const char *arg)
+{
+	if (arg[0] != '-' || arg[1] != '-' || strchr(arg, '='))
+		return false;
+	return in_list(arg + 2, value_options);
+}
+
+/* Index of the first operand in argv[from..argc), or -1; "--" ends the
+ * options, "-" is an operand. */
+static int first_operand(int argc, char **argv, int from)
+{
+	for (int i = from; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--") == 0)
+			return i + 1 < argc ? i + 1 : -1;
+		if (a[0] != '-' || a[1] == '\0')
+			return i;
+		if (option_takes_value(a))
+			i++;
+	}
+	return -1;
+}
+
+/* Move argv[k] to argv[at] (at <= k), shifting argv[at..k-1] up by one. */
+static void argv_move(char **argv, int k, int at)
+{
+	char *a = argv[k];
+
+	memmove(&argv[at + 1], &argv[at], (size_t)(k - at) * sizeof(*argv));
+	argv[at] = a;
+}
+
 /* Start option parsing of a command's argv (argv[0] is the command name). */
 static void opt_begin(void)
 {
@@ -2490,8 +2536,11 @@ static int cmd_token(Ctl *ctl, const Command *cmd, int argc, char **argv)
 		cmd_help(cmd, stdout);
 		return EXIT_OK;
 	}
-	if (argc < 2)
+	/* "token --database X create": create/revoke is the first operand */
+	c = first_operand(argc, argv, 1);
+	if (c < 0)
 		return usage_error(cmd, "missing 'create' or 'revoke'");
+	argv_move(argv, c, 1);
 	sub = argv[1];
 	if (strcmp(sub, "create") != 0 && strcmp(sub, "revoke") != 0)
 		return usage_error(cmd, "unknown token command '%s' (create or revoke)", sub);
@@ -2745,6 +2794,22 @@ int main(int argc, char **argv)
 	int c, rc;
 
 	memset(&ctl, 0, sizeof(ctl));
+	/* "batchctl --url U status": the command name first, then every option */
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0 || (argv[i][0] != '-' || argv[i][1] == '\0'))
+			break;
+		if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0) {
+			printf("batchctl %s\n", PACKAGE_VERSION);
+			return out_finish(EXIT_OK);
+		}
+		if (option_takes_value(argv[i]))
+			i++;
+	}
+	c = first_operand(argc, argv, 1);
+	if (c > 0 && !cmd_find(argv[c]))
+		return usage_error(NULL, "unknown command '%s'", argv[c]);
+	if (c > 1)
+		argv_move(argv, c, 1);
 	opterr = 0;
 	/* '+': stop at the command name; its options are its own */
 	while ((c = getopt_long(argc, argv, "+:hV", opts, NULL)) != -1) {

@@ -48,6 +48,8 @@ static void usage(FILE *f)
 		"  -c, --config FILE   configuration file (default %s)\n"
 		"  -h, --help          this help\n"
 		"\n"
+		"Options may come before or after the command.\n"
+		"\n"
 		"BATCHD_DATABASE overrides the database setting.\n", DEFAULT_CONFIG);
 }
 
@@ -334,18 +336,17 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *path = DEFAULT_CONFIG;
+	const char *down_arg = NULL;
 	bool check = false;
 	bool migrate = false;
 	int down = 0;
 	int c, rc;
 	Config *cfg;
 
-	if (argc > 1 && strcmp(argv[1], "migrate") == 0) {
-		migrate = true;
-		argv[1] = argv[0];
-		argv++;
-		argc--;
-	}
+	/* Options may stand before or after the command ("batchd -c FILE
+	 * migrate" and "batchd migrate -c FILE" are the same): getopt_long
+	 * permutes, so every option is read first and the operands (the
+	 * command) are what is left. */
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
@@ -354,17 +355,9 @@ int main(int argc, char **argv)
 		case 'C':
 			check = true;
 			break;
-		case 'D': {
-			char *end;
-			long n = strtol(optarg, &end, 10);
-			if (!migrate || *end || end == optarg || n < 1 || n > 100000) {
-				fprintf(stderr, "batchd: --down takes a positive count and only "
-					"goes with 'migrate'\n");
-				return 2;
-			}
-			down = (int)n;
+		case 'D':
+			down_arg = optarg;
 			break;
-		}
 		case 'V':
 			printf("batchd %s\n", PACKAGE_VERSION);
 			return 0;
@@ -376,10 +369,29 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "batchd: unexpected argument '%s'\n", argv[optind]);
-		usage(stderr);
-		return 2;
+	for (int i = optind; i < argc; i++) {
+		if (strcmp(argv[i], "migrate") != 0) {
+			fprintf(stderr, "batchd: unexpected argument '%s' (the only command is "
+				"'migrate')\n", argv[i]);
+			usage(stderr);
+			return 2;
+		}
+		if (migrate) {
+			fprintf(stderr, "batchd: 'migrate' given twice: one command at a time\n");
+			usage(stderr);
+			return 2;
+		}
+		migrate = true;
+	}
+	if (down_arg) {
+		char *end;
+		long n = strtol(down_arg, &end, 10);
+		if (!migrate || *end || end == down_arg || n < 1 || n > 100000) {
+			fprintf(stderr, "batchd: --down takes a positive count and only "
+				"goes with 'migrate'\n");
+			return 2;
+		}
+		down = (int)n;
 	}
 	if (check && migrate) {
 		fprintf(stderr, "batchd: --check-config does not go with migrate\n");

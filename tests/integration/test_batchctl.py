@@ -573,6 +573,17 @@ U = "00000000-0000-4000-8000-000000000000"
     (["token", "mint"], "unknown token command"),
     (["token", "create"], "--tenant"),
     (["token", "revoke"], "TOKEN"),
+    # options before the command are the command's: the same errors
+    (["--route", "r", "submit"], "missing FILE"),
+    (["--priority", "11", "--route", "r", "submit", "-"], "--priority"),
+    (["--format", "xml", "results", U], "--format"),
+    (["--status", "done", "status"], "--status"),
+    (["--limit", "5", "status", U], "not with an ID"),
+    (["--tenant", "t", "token"], "create"),
+    (["--database", "x", "token", "revoke"], "TOKEN"),
+    (["--route", "r", "frob"], "unknown command"),
+    (["--tenant", "t", "workers"], "unknown option"),
+    (["status", "workers"], "not a batch ID"),
 ])
 def test_usage_errors_exit_2(args, what):
     r = run_ctl(args, url=dead_url(), token="t", database="host=127.0.0.1 port=1")
@@ -616,6 +627,54 @@ def test_url_and_token_options_override_environment(api):
     assert r.returncode == 0, r.stderr
     r = run_ctl(["--url", api.url, "status"], token="bad")
     assert r.returncode == 3 and "(HTTP 401)" in r.stderr, r.stderr
+
+
+def test_options_before_or_after_the_command(api, tmp_path):
+    """Every option may stand before or after the command name (issue #19):
+    global ones (--url, --token, --json) and the command's own (--format,
+    --status, --route, --database, ...), with the same meaning."""
+    bid = finished_batch_with_failures(api)
+    after = run_ctl(["results", "--status", "failed", "--format", "csv", bid,
+                     "--url", api.url, "--token", api.token], url=dead_url(), token="bad")
+    before = run_ctl(["--url", api.url, "--token", api.token, "--format", "csv",
+                      "--status", "failed", "results", bid], url=dead_url(), token="bad")
+    mixed = run_ctl(["--format=csv", "--url", api.url, "results", "--status", "failed",
+                     "--token", api.token, bid], url=dead_url(), token="bad")
+    for r in (after, before, mixed):
+        assert r.returncode == 0, r.stderr
+    assert before.stdout == after.stdout == mixed.stdout
+    assert len(list(csv.reader(io.StringIO(after.stdout)))) == 3   # header + 2 failed
+
+    a = api.ctl("--json", "status", bid)
+    b = api.ctl("status", bid, "--json")
+    assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+    assert json.loads(a.stdout)["id"] == json.loads(b.stdout)["id"] == bid
+
+    f = write(tmp_path, "in.jsonl", '{"id": 1}\n{"id": 2}\n')
+    bid2 = submitted_id(api.ctl("--route", ROUTE, "--name", "first", "submit", f))
+    assert batch(api.conn, bid2)["name"] == "first"
+
+    # token: --database and --tenant before the command and before create
+    r = run_ctl(["--database", api.db.conninfo, "--tenant", "t2", "token", "create"])
+    assert r.returncode == 0, r.stderr
+    t2 = r.stdout.strip()
+    r = run_ctl(["token", "--database", api.db.conninfo, "revoke", t2])
+    assert r.returncode == 0 and "revoked" in r.stdout, r.stderr
+
+    r = run_ctl(["--version"])
+    assert r.returncode == 0 and r.stdout.startswith("batchctl ")
+
+
+def test_value_option_list_matches_the_option_tables():
+    """batchctl reorders a command line by knowing which long options take a
+    value (value_options in src/batchctl.c): that list must be exactly the
+    options declared with required_argument, or an option value would be
+    taken for the command."""
+    src = open(os.path.join(REPO, "src", "batchctl.c")).read()
+    declared = set(re.findall(r'\{ "([a-z-]+)", required_argument', src))
+    block = re.search(r"value_options\[\] = \{(.*?)\};", src, re.S).group(1)
+    listed = set(re.findall(r'"([a-z-]+)"', block))
+    assert listed == declared, (sorted(listed - declared), sorted(declared - listed))
 
 
 # ------------------------------------------------------------------ client-side details

@@ -176,8 +176,16 @@ def test_version():
     ["migrate", "-c", "{cfg}", "--down", "zero"],
     ["migrate", "-c", "{cfg}", "--down", "-1"],
     ["frobnicate", "-c", "{cfg}"],
+    ["-c", "{cfg}", "frobnicate"],
+    ["-c", "{cfg}", "migrate", "migrate"],
+    ["migrate", "-c", "{cfg}", "stray-argument"],
+    ["-c", "{cfg}", "--down", "1"],
+    ["--down", "1", "-c", "{cfg}", "--check-config", "migrate"],
+    ["-c", "{cfg}", "migrate", "--no-such-option"],
 ], ids=["unknown-option", "c-without-file", "stray-argument", "down-without-n",
-        "down-not-a-number", "down-negative", "unknown-command"])
+        "down-not-a-number", "down-negative", "unknown-command",
+        "options-first-unknown-command", "second-command", "command-then-stray",
+        "down-without-migrate", "check-config-with-migrate", "command-then-unknown-option"])
 def test_usage_errors_exit_2(tmp_path, args):
     # a valid config (unreachable database), so only the usage is wrong
     cfg = write(tmp_path, "[batchd]\ndatabase = host=127.0.0.1 port=1 dbname=x connect_timeout=1\n"
@@ -187,6 +195,45 @@ def test_usage_errors_exit_2(tmp_path, args):
     assert r.returncode == 2, f"batchd {args}: exit {r.returncode}\n{r.stderr}"
     assert r.stderr.strip(), "a usage error says what is wrong"
     assert_no_sanitizer_report(r.stderr)
+
+
+@pytest.mark.parametrize("order", ["options-first", "command-first", "mixed"])
+def test_migrate_takes_options_before_or_after_the_command(new_database, tmp_path, order):
+    """batchd -c FILE migrate == batchd migrate -c FILE (issue #19), --down too."""
+    db = new_database(migrated=False)
+    cfg = write_minimal_config(str(tmp_path / "m.ini"), db.conninfo)
+    up = {"options-first": ["-c", cfg, "migrate"],
+          "command-first": ["migrate", "-c", cfg],
+          "mixed": ["-c", cfg, "migrate"]}[order]
+    down = {"options-first": ["-c", cfg, "--down", "1", "migrate"],
+            "command-first": ["migrate", "--down", "1", "-c", cfg],
+            "mixed": ["--down", "1", "migrate", "-c", cfg]}[order]
+    conn = db.connect()
+
+    def versions():
+        return [r["version"] for r in conn.execute(
+            "SELECT version FROM batchd.schema_migrations ORDER BY version")]
+
+    r = run_batchd(up, timeout=60)
+    assert r.returncode == 0, f"batchd {up}: {r.stderr}"
+    assert_no_sanitizer_report(r.stdout + r.stderr)
+    full = versions()
+    assert full and conn.execute(
+        "SELECT to_regclass('batchd.batches') IS NOT NULL AS e").fetchone()["e"]
+    r = run_batchd(down, timeout=60)
+    assert r.returncode == 0, f"batchd {down}: {r.stderr}"
+    assert versions() == full[:-1]
+
+
+@pytest.mark.parametrize("args", [["-c", "{cfg}", "--check-config"],
+                                  ["--check-config", "-c", "{cfg}"]],
+                         ids=["config-first", "check-first"])
+def test_check_config_takes_options_in_any_order(tmp_path, args):
+    cfg = write(tmp_path, "[batchd]\ndatabase = dbname=x\n" + PROVIDER + ROUTE)
+    args = [a.replace("{cfg}", cfg) for a in args]
+    r = run_batchd(args, timeout=10)
+    assert r.returncode == 0, r.stderr
+    assert f"{cfg}: configuration ok" in r.stdout
 
 
 def test_batchd_database_overrides_config(new_database, tmp_path):
