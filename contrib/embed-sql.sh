@@ -1,7 +1,8 @@
 #!/bin/sh
-# embed-sql.sh - compile the numbered migrations in sql/ into a C table.
-# usage: embed-sql.sh sql/001_core.up.sql sql/001_core.down.sql ... > sql_embed.c
-# Files are named NNN_name.up.sql / NNN_name.down.sql; every up needs a down.
+# embed-sql.sh - compile batchd's SQL (sql/README) into C tables: the numbered
+# migrations (sql/migrations/NNN_name.up.sql and .down.sql; every up needs a
+# down) and the repeatable function files (sql/functions/*.sql).
+# usage: embed-sql.sh sql/migrations/*.sql sql/functions/*.sql > sql_embed.c
 set -eu
 
 cstr() {
@@ -15,7 +16,7 @@ echo
 echo 'const Migration migrations[] = {'
 n=0
 for up in "$@"; do
-	case "$up" in *.up.sql) ;; *) continue ;; esac
+	case "$up" in */migrations/*.up.sql) ;; *) continue ;; esac
 	base=$(basename "$up" .up.sql)
 	down="${up%.up.sql}.down.sql"
 	if [ ! -f "$down" ]; then
@@ -37,3 +38,25 @@ for up in "$@"; do
 done
 echo '};'
 echo "const int migrations_count = $n;"
+echo
+echo 'const FunctionFile function_files[] = {'
+n=0
+for f in "$@"; do
+	case "$f" in */functions/*.sql) ;; */migrations/*.sql) continue ;; *)
+		echo "embed-sql.sh: $f is neither in migrations/ nor in functions/" >&2
+		exit 1 ;;
+	esac
+	# md5 of the text as embedded (every line newline-terminated), which is
+	# what the server's md5() of the applied text gives
+	sum=$(awk 1 "$f" | md5sum | cut -c1-32)
+	echo "	{ \"$(basename "$f")\", \"$sum\","
+	cstr "$f"
+	echo "	},"
+	sums="${sums:+$sums }$(basename "$f")=$sum"
+	n=$((n + 1))
+done
+echo '};'
+echo "const int function_files_count = $n;"
+echo "/* \"file=md5 ...\" in file-name order: what the daemon expects in"
+echo " * batchd.schema_functions */"
+echo "const char function_files_checksums[] = \"${sums:-}\";"

@@ -951,8 +951,8 @@ static void setup_version_done(PGresult *res, void *arg)
 	if (!db_result_ok(res)) {
 		if (strcmp(db_result_sqlstate(res), "42P01") == 0 ||
 		    strcmp(db_result_sqlstate(res), "3F000") == 0)
-			snprintf(msg, sizeof(msg), "the batchd schema is not installed in this database: "
-				 "run 'batchd migrate' first");
+			snprintf(msg, sizeof(msg), "the batchd schema is not installed in this database, "
+				 "or is older than this batchd: run 'batchd migrate' first");
 		else
 			snprintf(msg, sizeof(msg), "checking the schema version failed: %s",
 				 db_result_error(res));
@@ -967,6 +967,14 @@ static void setup_version_done(PGresult *res, void *arg)
 		fail_startup(e, msg);
 		return;
 	}
+	/* the function files (sql/functions) as this binary has them */
+	if (strcmp(PQgetvalue(res, 0, 1), function_files_checksums) != 0) {
+		snprintf(msg, sizeof(msg), "the schema's functions are not the ones of this "
+			 "batchd (sql/functions differ from batchd.schema_functions): run "
+			 "'batchd migrate'");
+		fail_startup(e, msg);
+		return;
+	}
 	if (send_register(e, setup_register_done) < 0)
 		return;
 }
@@ -975,8 +983,8 @@ static void on_connect(Db *db, void *arg)
 {
 	Engine *e = arg;
 	e->setup_done = false;
-	if (db_query(db, "SELECT coalesce(max(version), 0) FROM batchd.schema_migrations",
-		     0, NULL, setup_version_done, e) < 0)
+	if (db_query(db, "SELECT coalesce(max(version), 0), " MIGRATE_FUNCTIONS_QUERY
+		     " FROM batchd.schema_migrations", 0, NULL, setup_version_done, e) < 0)
 		return;
 }
 

@@ -1,12 +1,14 @@
 /*
- * migrate.c - "batchd migrate": apply or revert the numbered migrations that
- * contrib/embed-sql.sh compiled in from sql/.
+ * migrate.c - "batchd migrate": apply or revert the numbered migrations and
+ * apply the repeatable function files that contrib/embed-sql.sh compiled in
+ * from sql/ (see sql/README).
  *
  * This is a one-shot command, so it uses blocking libpq on purpose; the
  * daemon's loop never calls into this file.  A session advisory lock makes
- * two concurrent runs take turns, and each migration runs in its own
- * transaction together with its bookkeeping row, so a failure leaves the
- * schema at the last good version.
+ * two concurrent runs take turns, and one run is one transaction: the
+ * pending migrations with their bookkeeping rows, then every function file
+ * whose text differs from the one recorded in batchd.schema_functions.  A
+ * failure anywhere rolls all of it back: the database stays as it was.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +101,8 @@ static bool is_applied(const int *v, int n, int version)
 	return false;
 }
 
+/* Run one migration's up or down and its bookkeeping row (in the caller's
+ * transaction). */
 static int apply_one(PGconn *c, const Migration *m, bool up)
 {
 	char what[160];
@@ -108,26 +112,63 @@ static int apply_one(PGconn *c, const Migration *m, bool up)
 	snprintf(ver, sizeof(ver), "%d", m->version);
 	snprintf(what, sizeof(what), "%s %03d_%s", up ? "applying" : "reverting",
 		 m->version, m->name);
-	if (exec_ok(c, "BEGIN", what) < 0)
-		return -1;
 	if (exec_ok(c, up ? m->up : m->down, what) < 0)
-		goto fail;
+		return -1;
 	if (up) {
 		if (exec_params_ok(c, "INSERT INTO batchd.schema_migrations (version, name) "
 				   "VALUES ($1::int, $2)", 2, params, what) < 0)
-			goto fail;
+			return -1;
 	} else {
 		if (exec_params_ok(c, "DELETE FROM batchd.schema_migrations WHERE version = $1::int",
 				   1, params, what) < 0)
-			goto fail;
+			return -1;
 	}
-	if (exec_ok(c, "COMMIT", what) < 0)
-		goto fail;
 	log_info("migrate: %s %03d_%s", up ? "applied" : "reverted", m->version, m->name);
 	return 0;
-fail:
-	PQclear(PQexec(c, "ROLLBACK"));
-	return -1;
+}
+
+/*
+ * Apply the function files whose text differs from the recorded one (the md5
+ * of the text, computed when it was embedded: what the daemon checks at
+ * start), in file-name order, and record them.
+ * Returns the number applied, or -1.
+ */
+static int apply_functions(PGconn *c)
+{
+	int n = 0;
+
+	for (int i = 0; i < function_files_count; i++) {
+		const FunctionFile *f = &function_files[i];
+		const char *params[2] = { f->name, f->md5 };
+		char what[160];
+		PGresult *r;
+		bool same;
+
+		r = PQexecParams(c, "SELECT EXISTS (SELECT FROM batchd.schema_functions "
+				 "WHERE file = $1 AND checksum = $2)", 2, NULL, params,
+				 NULL, NULL, 0);
+		if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+			log_error("migrate: reading batchd.schema_functions: %s",
+				  PQresultErrorMessage(r));
+			PQclear(r);
+			return -1;
+		}
+		same = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+		PQclear(r);
+		if (same)
+			continue;
+		snprintf(what, sizeof(what), "applying functions/%s", f->name);
+		if (exec_ok(c, f->sql, what) < 0)
+			return -1;
+		if (exec_params_ok(c, "INSERT INTO batchd.schema_functions (file, checksum) "
+				   "VALUES ($1, $2) ON CONFLICT (file) DO UPDATE "
+				   "SET checksum = excluded.checksum, applied_at = now()",
+				   2, params, what) < 0)
+			return -1;
+		log_info("migrate: applied functions/%s", f->name);
+		n++;
+	}
+	return n;
 }
 
 int migrate_run(const char *conninfo, int down_count)
@@ -150,46 +191,63 @@ int migrate_run(const char *conninfo, int down_count)
 		goto out;
 	if (exec_ok(c, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")", "taking the migration lock") < 0)
 		goto out;
+	if (exec_ok(c, "BEGIN", "starting the migration") < 0)
+		goto unlock;
 	if (exec_ok(c, "CREATE SCHEMA IF NOT EXISTS batchd;"
 		    "CREATE TABLE IF NOT EXISTS batchd.schema_migrations ("
 		    " version int PRIMARY KEY,"
 		    " name text NOT NULL,"
+		    " applied_at timestamptz NOT NULL DEFAULT now());"
+		    "CREATE TABLE IF NOT EXISTS batchd.schema_functions ("
+		    " file text PRIMARY KEY,"
+		    " checksum text NOT NULL,"
 		    " applied_at timestamptz NOT NULL DEFAULT now())",
-		    "creating batchd.schema_migrations") < 0)
-		goto unlock;
+		    "creating batchd.schema_migrations and batchd.schema_functions") < 0)
+		goto rollback;
 	napplied = applied_versions(c, &applied);
 	if (napplied < 0)
-		goto unlock;
+		goto rollback;
 
 	if (down_count == 0) {
-		int done = 0;
+		int done = 0, nfun;
 		/* migrations[] is in file-name order, which is version order */
 		for (int i = 0; i < migrations_count; i++) {
 			if (is_applied(applied, napplied, migrations[i].version))
 				continue;
 			if (apply_one(c, &migrations[i], true) < 0)
-				goto unlock;
+				goto rollback;
 			done++;
 		}
-		if (done == 0)
+		nfun = apply_functions(c);
+		if (nfun < 0)
+			goto rollback;
+		if (done == 0 && nfun == 0)
 			log_info("migrate: schema is up to date (version %d)", migrate_latest_version());
 	} else {
 		if (down_count > napplied) {
 			log_error("migrate: --down %d but only %d migration(s) applied",
 				  down_count, napplied);
-			goto unlock;
+			goto rollback;
 		}
 		for (int i = napplied - 1; i >= napplied - down_count; i--) {
 			const Migration *m = find_migration(applied[i]);
 			if (!m) {
 				log_error("migrate: version %d is applied but unknown to this batchd", applied[i]);
-				goto unlock;
+				goto rollback;
 			}
 			if (apply_one(c, m, false) < 0)
-				goto unlock;
+				goto rollback;
 		}
+		/* the downs may have changed functions: the next up applies every file */
+		if (exec_ok(c, "DELETE FROM batchd.schema_functions", "forgetting the function files") < 0)
+			goto rollback;
 	}
+	if (exec_ok(c, "COMMIT", "committing the migration") < 0)
+		goto rollback;
 	rc = 0;
+	goto unlock;
+rollback:
+	PQclear(PQexec(c, "ROLLBACK"));
 unlock:
 	PQclear(PQexec(c, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")"));
 out:

@@ -37,7 +37,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SQL_DIR = os.path.join(REPO, "sql")
+SQL_DIR = os.path.join(REPO, "sql", "migrations")
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
 SANITIZER_ENV = {
@@ -325,6 +325,39 @@ def assert_no_sanitizer_report(text, what="batchd"):
         assert marker not in text, f"{what} output has a sanitizer report ({marker!r}):\n{tail(text, 80)}"
 
 
+# BATCHD_TEST_UPGRADE_FROM=DUMP: every test database starts as that dump of a
+# database made by an earlier release (tests/upgrade/release-010.sql), which
+# the test's `batchd migrate` then upgrades: the whole suite on upgraded schemas.
+UPGRADE_FROM = os.environ.get("BATCHD_TEST_UPGRADE_FROM") or None
+
+
+def restore_dump(cluster, conninfo, path):
+    """Load a plain pg_dump file into a database with psql (ON_ERROR_STOP)."""
+    r = subprocess.run([os.path.join(cluster.bindir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                        "-d", conninfo, "-f", path], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"restoring {path} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+
+
+def dump_schema(cluster, conninfo):
+    """pg_dump --schema-only of schema batchd, normalized: without the lines
+    that name versions, the session settings and pg_dump's per-run
+    \\restrict key, so that two dumps of the same schema compare equal."""
+    r = subprocess.run([os.path.join(cluster.bindir, "pg_dump"), "--schema-only",
+                        "--schema=batchd", "--no-owner", "--no-privileges", "-d", conninfo],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = []
+    for line in r.stdout.splitlines():
+        if (line.startswith("-- Dumped from") or line.startswith("-- Dumped by")
+                or line.startswith("\\restrict") or line.startswith("\\unrestrict")
+                or line.startswith("SET ") or line.startswith("SELECT pg_catalog.set_config")):
+            continue
+        out.append(line.rstrip())
+    text = "\n".join(out)
+    text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+    return text
+
+
 def migrate(conninfo, tmp_dir, down=None, extra_args=()):
     """`batchd migrate` against conninfo; asserts exit 0 and a clean run."""
     cfg = write_minimal_config(os.path.join(tmp_dir, f"migrate-{next(_db_counter)}.ini"), conninfo)
@@ -350,6 +383,8 @@ def new_database(pg, tmp_path):
         db = Database(pg, name)
         made.append(db)
         if migrated:
+            if UPGRADE_FROM:
+                restore_dump(pg, db.conninfo, UPGRADE_FROM)
             migrate(db.conninfo, str(tmp_path))
         return db
 

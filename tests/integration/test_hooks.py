@@ -309,7 +309,7 @@ def test_hook_on_reaper_path(db, conn):
     sync(conn, [{"name": ROUTE, "hook": "app.hook", "on_batch_done": "app.done"}])
     bid = submit(conn, "t", ROUTE, [{"id": "a"}, {"id": "b"}], {"max_attempts": 1})
     dead = str(uuid.uuid4())
-    conn.execute("SELECT batchd.register_worker(%s, 'h', 1, 'v', '{}')", (dead,))
+    conn.execute("SELECT * FROM batchd.worker_register(%s, 'h', 1, 'v', '{}', 60000)", (dead,))
     assert len(rows(conn, "SELECT * FROM batchd.claim_items(%s, ARRAY[%s], 10)", dead, ROUTE)) == 2
     conn.execute("UPDATE batchd.workers SET heartbeat_at = now() - interval '1 hour' "
                  "WHERE id = %s", (dead,))

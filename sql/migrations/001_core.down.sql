@@ -11,8 +11,8 @@
 -- Functions first (PL/pgSQL bodies do not record dependencies on tables).
 DROP FUNCTION batchd.check_consistency();
 DROP FUNCTION batchd.deregister_worker(uuid);
-DROP FUNCTION batchd.heartbeat(uuid, int);
-DROP FUNCTION batchd.register_worker(uuid, text, int, text);
+DROP FUNCTION IF EXISTS batchd.heartbeat(uuid, int);          -- 011 dropped it
+DROP FUNCTION IF EXISTS batchd.register_worker(uuid, text, int, text);  -- 011 dropped it
 DROP FUNCTION batchd.release_items(uuid, bigint[]);
 DROP FUNCTION batchd.complete_items(uuid, jsonb);
 DROP FUNCTION batchd.claim_items(uuid, text[], int);
