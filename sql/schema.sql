@@ -177,7 +177,7 @@ BEGIN
         RETURN NULL;
     END IF;
     BEGIN
-        EXECUTE batchd.hook_call(v_fn) USING NEW;
+        PERFORM batchd.run_hook(v_fn, batchd.session_search_path(), NEW);
         INSERT INTO batchd.batch_events (batch_id, event, detail)
         VALUES (NEW.id, 'callback_done', jsonb_build_object('function', v_fn, 'status', NEW.status));
     EXCEPTION WHEN OTHERS THEN
@@ -822,7 +822,7 @@ DECLARE
     v_hook_ids    bigint[];
     v_done_ids    bigint[];
     v_item        batchd.items;
-    v_call        text;
+    v_user_path   text;
     v_state       text;
     v_msg         text;
     v_bstatus     text;
@@ -1066,12 +1066,13 @@ BEGIN
         -- (1e) The hooks, in item id order, each in a subtransaction. The
         -- item rows (locked since (1a)) are read as just recorded.
         IF v_hook_ids IS NOT NULL THEN
+            v_user_path := batchd.session_search_path();
             FOR v_item IN SELECT i.* FROM batchd.items AS i
                            WHERE i.id = ANY (v_hook_ids)
                            ORDER BY i.id LOOP
                 BEGIN
-                    v_call := batchd.hook_call(v_hook_fns[array_position(v_hook_routes, v_item.route)]);
-                    EXECUTE v_call USING v_item;
+                    PERFORM batchd.run_hook(v_hook_fns[array_position(v_hook_routes, v_item.route)],
+                                            v_user_path, v_item);
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
                     IF v_state IN ('BDRTY', '40001', '40P01', '55P03')
@@ -1924,6 +1925,51 @@ $$;
 --
 
 COMMENT ON FUNCTION batchd.revoke_token(p_token text) IS 'Revoke a REST API token; true when a live token was revoked.';
+
+--
+-- Name: run_hook(text, text, anyelement); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.run_hook(p_fn text, p_path text, p_arg anyelement) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $_$
+DECLARE
+    v_call text;
+BEGIN
+    SELECT format('SELECT %I.%I($1)', n.nspname, p.proname) INTO v_call
+      FROM pg_catalog.pg_proc AS p
+      JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+     WHERE p.oid = to_regprocedure(p_fn || '(' || pg_typeof(p_arg)::text || ')');
+    -- gone since sync_routes: the call names it as configured, and fails
+    v_call := coalesce(v_call, batchd.hook_call(p_fn));
+    PERFORM pg_catalog.set_config('search_path', coalesce(p_path, ''), true);
+    EXECUTE v_call USING p_arg;
+END
+$_$;
+
+--
+-- Name: FUNCTION run_hook(p_fn text, p_path text, p_arg anyelement); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.run_hook(p_fn text, p_path text, p_arg anyelement) IS 'Call a hook or callback function with one argument under the given search_path (the session''s, not batchd''s).';
+
+--
+-- Name: session_search_path(); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.session_search_path() RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+    SELECT s.reset_val FROM pg_catalog.pg_settings AS s WHERE s.name = 'search_path'
+$$;
+
+--
+-- Name: FUNCTION session_search_path(); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.session_search_path() IS 'The search_path a session of the current role starts with (reset value of search_path): the one hooks run with.';
 
 --
 -- Name: submit_batch(text, text, jsonb, jsonb); Type: FUNCTION; Schema: batchd; Owner: -

@@ -66,8 +66,13 @@
 --
 -- Rules for hook and callback functions:
 --   * They run as the role of the batchd connection (or of whoever calls
---     cancel_batch()), with search_path = pg_catalog, batchd: qualify names or
---     give the function its own SET search_path.
+--     cancel_batch()), with the search_path a session of that role starts
+--     with (its ALTER ROLE / ALTER DATABASE setting, else the server's; see
+--     run_hook), not batchd's pinned one: a hook written and tested in psql
+--     finds its tables as it did there. A hook function with its own SET
+--     search_path (recommended: it then does not depend on the role's
+--     settings) sees only that. batchd's own functions stay pinned to
+--     pg_catalog, batchd, before and after the call.
 --   * They run while the transaction holds row locks on the items, group rows
 --     and batch rows being recorded: keep them short, touch your own tables,
 --     never write batchd's tables (items, batches, groups, workers) -- reading
@@ -115,6 +120,57 @@ $fn$;
 
 COMMENT ON FUNCTION batchd.hook_call(text) IS
     'The SELECT that calls a validated hook function name with one argument ($1); raises 22023 on a bad name.';
+
+-- batchd.session_search_path() -> text
+--
+-- The search_path a session of the current role starts with: the role's and
+-- the database's settings (ALTER ROLE / ALTER DATABASE ... SET search_path),
+-- else the server's -- what RESET would restore, whatever a function's own
+-- SET clause has made of it meanwhile. Hooks and callbacks run with it.
+CREATE OR REPLACE FUNCTION batchd.session_search_path()
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, batchd
+AS $fn$
+    SELECT s.reset_val FROM pg_catalog.pg_settings AS s WHERE s.name = 'search_path'
+$fn$;
+
+COMMENT ON FUNCTION batchd.session_search_path() IS
+    'The search_path a session of the current role starts with (reset value of search_path): the one hooks run with.';
+
+-- batchd.run_hook(function, search_path, argument)
+--
+-- Call a route's hook or callback (a name sync_routes validated) with the
+-- argument, under the given search_path (session_search_path(): what the
+-- hook's author sees in a session of batchd's role) instead of batchd's
+-- pinned one, so that a hook written and tested in psql finds its tables
+-- unqualified. A function with its own SET search_path still sees only
+-- that. The function is looked up as sync_routes found it (batchd's
+-- search_path for an unqualified name), then called by its qualified name.
+-- batchd's own search_path comes back when this returns (the SET clause
+-- below), also when the hook raises.
+CREATE OR REPLACE FUNCTION batchd.run_hook(p_fn text, p_path text, p_arg anyelement)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, batchd
+AS $fn$
+DECLARE
+    v_call text;
+BEGIN
+    SELECT format('SELECT %I.%I($1)', n.nspname, p.proname) INTO v_call
+      FROM pg_catalog.pg_proc AS p
+      JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+     WHERE p.oid = to_regprocedure(p_fn || '(' || pg_typeof(p_arg)::text || ')');
+    -- gone since sync_routes: the call names it as configured, and fails
+    v_call := coalesce(v_call, batchd.hook_call(p_fn));
+    PERFORM pg_catalog.set_config('search_path', coalesce(p_path, ''), true);
+    EXECUTE v_call USING p_arg;
+END
+$fn$;
+
+COMMENT ON FUNCTION batchd.run_hook(text, text, anyelement) IS
+    'Call a hook or callback function with one argument under the given search_path (the session''s, not batchd''s).';
 
 -- batchd.complete_items(worker, items) -> (applied, fenced)
 --
@@ -192,7 +248,7 @@ DECLARE
     v_hook_ids    bigint[];
     v_done_ids    bigint[];
     v_item        batchd.items;
-    v_call        text;
+    v_user_path   text;
     v_state       text;
     v_msg         text;
     v_bstatus     text;
@@ -436,12 +492,13 @@ BEGIN
         -- (1e) The hooks, in item id order, each in a subtransaction. The
         -- item rows (locked since (1a)) are read as just recorded.
         IF v_hook_ids IS NOT NULL THEN
+            v_user_path := batchd.session_search_path();
             FOR v_item IN SELECT i.* FROM batchd.items AS i
                            WHERE i.id = ANY (v_hook_ids)
                            ORDER BY i.id LOOP
                 BEGIN
-                    v_call := batchd.hook_call(v_hook_fns[array_position(v_hook_routes, v_item.route)]);
-                    EXECUTE v_call USING v_item;
+                    PERFORM batchd.run_hook(v_hook_fns[array_position(v_hook_routes, v_item.route)],
+                                            v_user_path, v_item);
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
                     IF v_state IN ('BDRTY', '40001', '40P01', '55P03')
@@ -595,7 +652,7 @@ BEGIN
         RETURN NULL;
     END IF;
     BEGIN
-        EXECUTE batchd.hook_call(v_fn) USING NEW;
+        PERFORM batchd.run_hook(v_fn, batchd.session_search_path(), NEW);
         INSERT INTO batchd.batch_events (batch_id, event, detail)
         VALUES (NEW.id, 'callback_done', jsonb_build_object('function', v_fn, 'status', NEW.status));
     EXCEPTION WHEN OTHERS THEN

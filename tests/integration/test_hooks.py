@@ -481,3 +481,119 @@ def test_down_restores_003_complete_items(db, conn, tmp_path):
                  (w, f'[{{"id": {it["id"]}, "status": "succeeded"}}]'))
     assert len(rows(conn, "SELECT * FROM app.seen WHERE batch_id = %s", bid)) == 1
     assert_clean(conn)
+
+
+# ------------------------------------------------------------------ search_path (issue #19)
+
+ISSUE_HOOK = """
+create table seen(item bigint, ok bool);
+create function public.on_item(it batchd.items) returns void language plpgsql as $$
+begin insert into seen values (it.id, it.status = 'succeeded'); end $$;
+create table finished(batch uuid, status text);
+create function public.on_done(b batchd.batches) returns void language plpgsql as $$
+begin insert into finished values (b.id, b.status); end $$;
+"""
+
+
+def test_hook_written_in_psql_with_unqualified_tables_records_every_item(db, conn, mock,
+                                                                         batchd_factory):
+    """The hook of issue #19, copied unchanged: no schema on its table, no SET
+    search_path of its own. It runs with the search_path a session of
+    batchd's role has ("$user", public), so it finds public.seen."""
+    conn.execute(ISSUE_HOOK)
+    d = start(batchd_factory, db, mock,
+              routes={ROUTE: hooked_route(hook="public.on_item", on_batch_done="public.on_done")})
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(40)])
+    b = wait_batch_done(conn, bid)
+    assert (b["status"], b["succeeded"], b["failed"]) == ("completed", 40, 0), b
+    seen = rows(conn, "SELECT item, ok FROM public.seen ORDER BY item")
+    ids = [r["id"] for r in rows(conn, "SELECT id FROM batchd.items WHERE batch_id = %s "
+                                       "ORDER BY id", bid)]
+    assert [r["item"] for r in seen] == ids and all(r["ok"] for r in seen)
+    assert rows(conn, "SELECT batch::text AS b, status FROM public.finished") == \
+        [{"b": bid, "status": "completed"}]
+    assert rows(conn, "SELECT * FROM batchd.items WHERE batch_id = %s AND error IS NOT NULL",
+                bid) == []
+    d.stop()
+    assert_clean(conn)
+
+
+def claim_and_complete(conn, n=2):
+    w = str(uuid.uuid4())
+    bid = submit(conn, "t", ROUTE, [{"id": i} for i in range(n)])
+    its = rows(conn, "SELECT * FROM batchd.claim_items(%s, ARRAY[%s], %s, NULL, NULL)", w, ROUTE, n)
+    assert len(its) == n
+    recs = ",".join(f'{{"id": {it["id"]}, "status": "succeeded"}}' for it in its)
+    r = conn.execute("SELECT * FROM batchd.complete_items(%s, %s::jsonb)",
+                     (w, f"[{recs}]")).fetchone()
+    assert (r["applied"], r["fenced"]) == (n, 0)
+    return bid
+
+
+def test_hook_with_its_own_search_path_sees_only_that(conn):
+    """A hook function that pins its search_path keeps it: of two tables named
+    alike it writes the one its own path names."""
+    conn.execute("""
+        create schema mine;
+        create table public.log(item bigint);
+        create table mine.log(item bigint);
+        create function public.pinned(it batchd.items) returns void language plpgsql
+        set search_path = mine, pg_catalog as $$
+        begin insert into log values (it.id); end $$;
+    """)
+    sync(conn, [{"name": ROUTE, "hook": "public.pinned"}])
+    bid = claim_and_complete(conn, 3)
+    assert len(rows(conn, "SELECT * FROM mine.log")) == 3
+    assert rows(conn, "SELECT * FROM public.log") == []
+    assert batch(conn, bid)["succeeded"] == 3
+    assert_clean(conn)
+
+
+def test_hook_follows_the_role_and_database_search_path(db, conn):
+    """ALTER DATABASE ... SET search_path is what a session of the role starts
+    with, so it is what the hook sees; batchd's own path comes back after."""
+    conn.execute("""
+        create schema hookland;
+        create table hookland.notes(item bigint);
+        create function public.note(it batchd.items) returns void language plpgsql as $$
+        begin insert into notes values (it.id); end $$;
+    """)
+    conn.execute(f'ALTER DATABASE "{db.name}" SET search_path = hookland, public')
+    c2 = db.connect()     # a new session starts with the database's setting
+    sync(c2, [{"name": ROUTE, "hook": "public.note"}])
+    claim_and_complete(c2, 2)
+    assert len(rows(c2, "SELECT * FROM hookland.notes")) == 2
+    assert c2.execute("SHOW search_path").fetchone()["search_path"] == "hookland, public"
+    assert_clean(c2)
+
+
+def test_user_objects_named_like_batchd_internals_change_nothing(conn):
+    """Tables and functions in public named like batchd's (items, batches,
+    groups, batch_events, hook_call, submit_batch) change nothing batchd's
+    functions do, also while a hook runs with public on its search_path and
+    writes to its own "items"."""
+    conn.execute("""
+        create table public.items(id bigint, note text);
+        create table public.batches(id uuid);
+        create table public.batch_events(batch_id uuid);
+        create table public.groups(route text);
+        create function public.hook_call(text) returns text language sql
+            as $$ select 'SELECT 1/0' $$;
+        create function public.now() returns timestamptz language sql
+            as $$ select timestamptz '2000-01-01' $$;
+        create function public.writes_items(it batchd.items) returns void language plpgsql as $$
+        begin insert into items values (it.id, 'from the hook'); end $$;
+    """)
+    sync(conn, [{"name": ROUTE, "hook": "public.writes_items"}])
+    bid = claim_and_complete(conn, 4)
+    assert len(rows(conn, "SELECT * FROM public.items")) == 4
+    assert rows(conn, "SELECT * FROM public.batches") == []
+    assert rows(conn, "SELECT * FROM public.batch_events") == []
+    b = batch(conn, bid)
+    assert (b["status"], b["succeeded"]) == ("completed", 4)
+    assert b["finished_at"].year > 2000
+    assert len(rows(conn, "SELECT * FROM batchd.items WHERE batch_id = %s "
+                          "AND status = 'succeeded'", bid)) == 4
+    bid2 = submit(conn, "t", ROUTE, [{"id": 1}])
+    assert batch(conn, bid2)["total"] == 1
+    assert_clean(conn)
