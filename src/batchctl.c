@@ -37,6 +37,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "batchd/json.h"
+#include "batchd/status_names.h"
 #include "batchd/util.h"
 
 #ifndef PACKAGE_VERSION
@@ -264,29 +265,6 @@ static bool is_uuid(const char *s)
 	return true;
 }
 
-static bool in_list(const char *s, const char *const *list)
-{
-	for (; *list; list++)
-		if (strcmp(s, *list) == 0)
-			return true;
-	return false;
-}
-
-static const char *const batch_statuses[] = {
-	"pending", "processing", "completed", "completed_with_errors", "failed",
-	"cancelled", NULL,
-};
-static const char *const item_statuses[] = {
-	"queued", "running", "succeeded", "failed", "cancelled", NULL,
-};
-
-static bool batch_terminal(const char *status)
-{
-	return status && (strcmp(status, "completed") == 0 ||
-			  strcmp(status, "completed_with_errors") == 0 ||
-			  strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0);
-}
-
 /* A token travels in a header: refuse anything that could break out of it. */
 static bool token_ok(const char *t)
 {
@@ -298,64 +276,6 @@ static bool token_ok(const char *t)
 	return true;
 }
 
-/* Number of code points, for column widths (UTF-8 continuation bytes do
- * not take a column). */
-static size_t utf8_width(const char *s)
-{
-	size_t n = 0;
-
-	for (; *s; s++)
-		if (((unsigned char)*s & 0xC0) != 0x80)
-			n++;
-	return n;
-}
-
-/*
- * Strict UTF-8 check (no overlong forms, no surrogates, nothing above
- * U+10FFFF, no NUL): PostgreSQL's jsonb refuses what fails here, and a
- * local error can name the line while the server's cannot.
- */
-static bool utf8_valid(const char *s, size_t len)
-{
-	const unsigned char *p = (const unsigned char *)s, *end = p + len;
-
-	while (p < end) {
-		unsigned c = *p;
-		size_t n, i;
-		uint32_t cp;
-
-		if (c == 0)
-			return false;
-		if (c < 0x80) {
-			p++;
-			continue;
-		}
-		if (c >= 0xC2 && c <= 0xDF) {
-			n = 1;
-			cp = c & 0x1F;
-		} else if (c >= 0xE0 && c <= 0xEF) {
-			n = 2;
-			cp = c & 0x0F;
-		} else if (c >= 0xF0 && c <= 0xF4) {
-			n = 3;
-			cp = c & 0x07;
-		} else {
-			return false;
-		}
-		if ((size_t)(end - p) <= n)
-			return false;
-		for (i = 1; i <= n; i++) {
-			if ((p[i] & 0xC0) != 0x80)
-				return false;
-			cp = (cp << 6) | (p[i] & 0x3F);
-		}
-		if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-		    (cp >= 0xD800 && cp <= 0xDFFF))
-			return false;
-		p += n + 1;
-	}
-	return true;
-}
 
 /*
  * Parse an RFC 3339 timestamp as the API writes it (also PostgreSQL's
@@ -507,10 +427,10 @@ static void table_print(const Table *t)
 	StrBuf line;
 
 	for (c = 0; c < t->ncols; c++)
-		w[c] = utf8_width(t->head[c]);
+		w[c] = utf8_count(t->head[c], strlen(t->head[c]));
 	for (r = 0; r < t->nrows; r++)
 		for (c = 0; c < t->ncols; c++) {
-			size_t cw = utf8_width(t->cells[r * t->ncols + c]);
+			size_t cw = utf8_count(t->cells[r * t->ncols + c], strlen(t->cells[r * t->ncols + c]));
 
 			if (cw > w[c])
 				w[c] = cw;
@@ -520,7 +440,7 @@ static void table_print(const Table *t)
 		sb_reset(&line);
 		for (c = 0; c < t->ncols; c++) {
 			const char *cell = r == 0 ? t->head[c] : t->cells[(r - 1) * t->ncols + c];
-			size_t pad = w[c] - utf8_width(cell), i;
+			size_t pad = w[c] - utf8_count(cell, strlen(cell)), i;
 
 			if (c)
 				sb_puts(&line, "  ");
@@ -571,7 +491,7 @@ static char *cell_clip(char *s, size_t max)
 	size_t cps = 0;
 	char *p;
 
-	if (utf8_width(s) <= max)
+	if (utf8_count(s, strlen(s)) <= max)
 		return s;
 	for (p = s; *p; p++) {
 		if (((unsigned char)*p & 0xC0) != 0x80 && cps++ == max - 3)
@@ -881,7 +801,7 @@ static bool option_takes_value(const char *arg)
 {
 	if (arg[0] != '-' || arg[1] != '-' || strchr(arg, '='))
 		return false;
-	return in_list(arg + 2, value_options);
+	return str_in_list(arg + 2, value_options);
 }
 
 /* Index of the first operand in argv[from..argc), or -1; "--" ends the
@@ -1429,7 +1349,7 @@ static void progress_figures(StrBuf *sb, const Progress *pg)
 {
 	sb_printf(sb, "%" PRId64 "/%" PRId64 "  %5.1f%%  %.1f/s  ETA ", pg->done, pg->total,
 		  pg->percent, pg->rate);
-	if (batch_terminal(pg->status))
+	if (batch_status_terminal(pg->status))
 		sb_putc(sb, '-');
 	else
 		fmt_duration(sb, pg->eta);
@@ -1587,7 +1507,7 @@ static int watch_run(Ctl *ctl, const char *id, FILE *f, bool ndjson, int64_t int
 		yajl_tree_free(v);
 		have = true;
 		last = pg;
-		if (batch_terminal(pg.status)) {
+		if (batch_status_terminal(pg.status)) {
 			if (drawn)
 				fputc('\n', f);
 			if (!ndjson)
@@ -1900,7 +1820,7 @@ static int cmd_status(Ctl *ctl, const Command *cmd, int argc, char **argv)
 		switch (c) {
 		case OPT_STATUS:
 			status = optarg;
-			if (!in_list(status, batch_statuses))
+			if (!str_in_list(status, batch_statuses))
 				rc = usage_error(cmd, "--status must be one of pending, "
 						 "processing, completed, completed_with_errors, "
 						 "failed, cancelled");
@@ -2356,7 +2276,7 @@ static int cmd_results(Ctl *ctl, const Command *cmd, int argc, char **argv)
 		switch (c) {
 		case OPT_STATUS:
 			status = optarg;
-			if (!in_list(status, item_statuses))
+			if (!str_in_list(status, item_statuses))
 				rc = usage_error(cmd, "--status must be one of queued, running, "
 						 "succeeded, failed, cancelled");
 			break;

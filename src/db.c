@@ -99,7 +99,6 @@ Db *db_new(struct event_base *base, const char *conninfo, const char *name,
 	return db;
 }
 
-enum DbState db_state(const Db *db) { return db->state; }
 bool db_is_ready(const Db *db) { return db->state == DB_READY; }
 const char *db_last_error(const Db *db) { return db->last_error; }
 int db_queue_length(const Db *db) { return db->queued + (db->current ? 1 : 0); }

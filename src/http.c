@@ -58,7 +58,6 @@ struct Http {
 	struct event_base *base;
 	Shard *shards;
 	int nshards;
-	int added;		/* sum of the shards' added */
 	Shard *draining;	/* whose done callbacks are running, or NULL */
 	http_done_cb done;
 	void *arg;
@@ -170,7 +169,6 @@ static void http_drain(Shard *s)
 			curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&priv);
 			curl_multi_remove_handle(s->multi, easy);
 			s->added--;
-			h->added--;
 			h->done(easy, code, priv, h->arg);
 		}
 		if (!s->kick)
@@ -271,7 +269,6 @@ int http_start(Http *h, CURL *easy)
 		return -1;
 	}
 	s->added++;
-	h->added++;
 	if (s->draining)
 		s->kick = true;
 	return best;
@@ -284,13 +281,6 @@ void http_abort(Http *h, CURL *easy, int shard)
 	if (shard < 0 || shard >= h->nshards)
 		return;
 	s = &h->shards[shard];
-	if (curl_multi_remove_handle(s->multi, easy) == CURLM_OK && s->added > 0) {
+	if (curl_multi_remove_handle(s->multi, easy) == CURLM_OK && s->added > 0)
 		s->added--;
-		h->added--;
-	}
-}
-
-int http_running(const Http *h)
-{
-	return h->added;
 }

@@ -219,6 +219,40 @@ size_t utf8_seq(const unsigned char *s, size_t avail, size_t *bad)
 	return n;
 }
 
+size_t utf8_count(const char *s, size_t len)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < len; i++)
+		if (((unsigned char)s[i] & 0xC0) != 0x80)
+			n++;
+	return n;
+}
+
+bool utf8_valid(const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0, bad, n;
+
+	while (i < len) {
+		if (p[i] == 0)
+			return false;
+		n = utf8_seq(p + i, len - i, &bad);
+		if (n == 0)
+			return false;
+		i += n;
+	}
+	return true;
+}
+
+bool str_in_list(const char *s, const char *const *list)
+{
+	for (; *list; list++)
+		if (strcmp(s, *list) == 0)
+			return true;
+	return false;
+}
+
 void sb_put_json_string(StrBuf *sb, const char *str, size_t len)
 {
 	static const char hex[] = "0123456789abcdef";

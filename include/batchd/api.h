@@ -12,14 +12,6 @@
 
 struct evhttp_request;
 
-typedef struct ApiStats {
-	int requests;          /* requests in progress */
-	int streams;           /* results streams open */
-	int db_ready;          /* API database connections up */
-	int db_total;
-	uint64_t answered[6];  /* answers sent, by status class: [2] 2xx ... [5] 5xx */
-} ApiStats;
-
 /* Bind cfg->listen and start the API's database connections; returns NULL
  * with err on failure. */
 Api *api_new(Batchd *bd, char *err, size_t errlen);
@@ -29,8 +21,6 @@ void api_free(Api *api);
 /* Serve an exact path (no token checked), e.g. "/metrics". 0 or -1. */
 int api_add_handler(Api *api, const char *path,
 		    void (*cb)(struct evhttp_request *req, void *arg), void *arg) _MUSTCHECK;
-
-void api_get_stats(const Api *api, ApiStats *out);
 
 /*
  * The check POST /v1/batches runs on a body before any query (JSON shape,

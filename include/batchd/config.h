@@ -1,16 +1,20 @@
 /*
- * config.h - the INI configuration (contract: see README "Configuration").
+ * config.h - the INI configuration (contract).  The reference for every key,
+ * its default and its range is batchd.ini(5) (man/batchd.ini.5); README
+ * "Configuration" summarises it.  The sections:
  *
- *   [batchd]            database, listen, max_inflight, claim_ahead,
- *                       log_level, log_format,
- *                       shutdown_timeout, poll_interval, flush_interval,
- *                       flush_size
- *   [provider NAME]     url, method, header (repeatable), body, timeout,
- *                       connect_timeout, max_response_size
- *   [route NAME]        providers
+ *   [batchd]            one: the database, the listener, capacity (max_inflight,
+ *                       claim_ahead), timings (lease, heartbeat, poll, flush,
+ *                       shutdown, retention), logging
+ *   [provider NAME]     each HTTP API: request templates, timeouts, size cap,
+ *                       rate limit and concurrency, retries and backoff,
+ *                       circuit breaker
+ *   [route NAME]        each route: its providers in failover order, group
+ *                       limits, the SQL hook and batch callback
  *
  * Values may use ${VAR} (environment); BATCHD_DATABASE overrides database.
- * Every error names the file and line: "FILE:LINE: message".
+ * Every error names the file and line: "FILE:LINE: message".  The parsed
+ * structs below carry a comment per field.
  */
 #ifndef BATCHD_CONFIG_H
 #define BATCHD_CONFIG_H

@@ -47,7 +47,6 @@ void db_start(Db *db);
 void db_close(Db *db);
 void db_free(Db *db);
 
-enum DbState db_state(const Db *db);
 bool db_is_ready(const Db *db);
 /* Last connection error (for logs and /v1/status); never NULL. */
 const char *db_last_error(const Db *db);

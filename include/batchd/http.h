@@ -33,7 +33,4 @@ int http_start(Http *h, CURL *easy) _MUSTCHECK;
  * is the caller's. */
 void http_abort(Http *h, CURL *easy, int shard);
 
-/* Transfers started and not yet done or aborted. */
-int http_running(const Http *h);
-
 #endif /* BATCHD_HTTP_H */

@@ -42,6 +42,13 @@ void sb_put_json_string(StrBuf *sb, const char *s, size_t len);
  * no overlong forms, no surrogates, nothing past U+10FFFF), or 0 when
  * ill-formed; then *bad is the length of the maximal invalid subpart. */
 size_t utf8_seq(const unsigned char *s, size_t avail, size_t *bad);
+/* Number of code points of UTF-8 text (continuation bytes do not count): a
+ * display width for tables, a length as PostgreSQL counts characters. */
+size_t utf8_count(const char *s, size_t len);
+/* Strict UTF-8 as jsonb takes it (utf8_seq's rules) and no NUL byte. */
+bool utf8_valid(const char *s, size_t len);
+/* s is one of the NULL-terminated list. */
+bool str_in_list(const char *s, const char *const *list);
 
 /* Allocation that aborts on out-of-memory (a daemon cannot go on without). */
 void *xmalloc(size_t n);

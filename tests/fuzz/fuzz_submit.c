@@ -1,6 +1,6 @@
 /*
  * fuzz_submit.c - libFuzzer target for the POST /v1/batches body check
- * (api_validate_submit in src/api.c: yajl's event parser, no tree).
+ * (api_validate_submit in src/api_submit.c: yajl's event parser, no tree).
  *
  * The input is the request body as received.  The configured routes are
  * "verify", "quotes" and "r" (a Config built here; only its routes matter).

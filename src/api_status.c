@@ -1,0 +1,183 @@
+/*
+ * api_status.c - GET /v1/status: this worker (engine figures, the rate over
+ * the last minute from samples every RATE_EVERY_MS), its providers, the
+ * fleet's workers and the database.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+
+#include "batchd/api_req.h"
+#include "batchd/engine.h"
+#include "batchd/json.h"
+
+/* ------------------------------------------------------------------ status */
+
+void rate_tick(evutil_socket_t fd, short what, void *arg)
+{
+	Api *api = arg;
+	EngineStats st;
+	struct timeval tv = { RATE_EVERY_MS / 1000, (RATE_EVERY_MS % 1000) * 1000 };
+
+	engine_get_stats(api->bd->engine, &st);
+	api->rate_pos = (api->rate_pos + 1) % RATE_SLOTS;
+	api->rate[api->rate_pos].at_us = now_monotonic_us();
+	api->rate[api->rate_pos].done = st.succeeded + st.failed;
+	evtimer_add(api->rate_timer, &tv);
+}
+
+/* Items this worker finished per second over about the last minute. */
+static double recent_rate(const Api *api, uint64_t done_now)
+{
+	int64_t now = now_monotonic_us(), oldest_at = 0;
+	uint64_t oldest_done = 0;
+
+	for (int i = 0; i < RATE_SLOTS; i++) {
+		const RateSample *s = &api->rate[i];
+		if (s->at_us == 0 || now - s->at_us > 65 * 1000000LL)
+			continue;
+		if (oldest_at == 0 || s->at_us < oldest_at) {
+			oldest_at = s->at_us;
+			oldest_done = s->done;
+		}
+	}
+	if (oldest_at == 0 || now - oldest_at < 1000000 || done_now < oldest_done)
+		return 0.0;
+	return (double)(done_now - oldest_done) / ((double)(now - oldest_at) / 1e6);
+}
+
+static void step_status(Req *r, PGresult *res)
+{
+	Api *api = r->api;
+	Batchd *bd = api->bd;
+	EngineStats st;
+	StrBuf sb;
+	char ts[40];
+	int64_t now = now_realtime_us();
+	const char *dberr;
+	bool dbup;
+
+	if (!db_result_ok(res)) {
+		reply_db_error(r, res);
+		return;
+	}
+	engine_get_stats(bd->engine, &st);
+	sb_init(&sb);
+
+	sb_puts(&sb, "{\"worker\":{\"id\":");
+	json_append_string(&sb, bd->worker_id, strlen(bd->worker_id));
+	sb_puts(&sb, ",\"hostname\":");
+	json_append_string(&sb, bd->hostname, strlen(bd->hostname));
+	format_timestamp(api->started_us, ts, sizeof(ts));
+	sb_printf(&sb, ",\"pid\":%d,\"version\":\"%s\",\"started_at\":\"%s\",\"uptime_s\":%.1f,"
+		  "\"ready\":%s}", (int)getpid(), PACKAGE_VERSION, ts,
+		  (double)(now - api->started_us) / 1e6,
+		  engine_is_ready(bd->engine) ? "true" : "false");
+
+	sb_printf(&sb, ",\"engine\":{\"inflight\":%d,\"pending_completions\":%d,"
+		  "\"claimed\":%llu,\"succeeded\":%llu,\"failed\":%llu,\"fenced\":%llu,"
+		  "\"rate_per_s\":%.3f}",
+		  st.inflight, st.pending, (unsigned long long)st.claimed,
+		  (unsigned long long)st.succeeded, (unsigned long long)st.failed,
+		  (unsigned long long)st.fenced, recent_rate(api, st.succeeded + st.failed));
+
+	dbup = engine_db_up(bd->engine);
+	dberr = engine_db_error(bd->engine);
+	sb_printf(&sb, ",\"database\":{\"up\":%s,\"error\":", dbup ? "true" : "false");
+	if (dbup)
+		sb_puts(&sb, "null");
+	else
+		json_append_string(&sb, dberr, strlen(dberr));
+	sb_printf(&sb, ",\"api_connections\":%d,\"api_connections_ready\":%d}",
+		  API_POOL_SIZE, pool_ready(api));
+
+	sb_printf(&sb, ",\"api\":{\"requests\":%d,\"streams\":%d,\"max_streams\":%d}",
+		  api->nreqs, api->nstreams, API_MAX_STREAMS);
+
+	sb_puts(&sb, ",\"fleet\":[");
+	for (int i = 0; i < PQntuples(res); i++) {
+		static const Col fleet_cols[] = {
+			{ "id", CK_STR }, { "hostname", CK_STR }, { "pid", CK_NUM },
+			{ "version", CK_STR }, { "started_at", CK_STR }, { "heartbeat_at", CK_STR },
+			{ "inflight", CK_NUM }, { "heartbeat_age_s", CK_NUM },
+		};
+		double age = atof(PQgetvalue(res, i, 7));
+		if (i)
+			sb_putc(&sb, ',');
+		render_row(&sb, res, i, 0, fleet_cols, (int)ARRAY_SIZE(fleet_cols));
+		sb.len--;   /* reopen the object */
+		sb_printf(&sb, ",\"alive\":%s,\"self\":%s}",
+			  age * 1000.0 < (double)api->bd->cfg->lease_timeout_ms ? "true" : "false",
+			  strcmp(PQgetvalue(res, i, 0), bd->worker_id) == 0 ? "true" : "false");
+	}
+	sb_puts(&sb, "]");
+
+	/*
+	 * Providers: the configured figures, then the live ones from the engine
+	 * (engine_provider_stats: breaker state, tokens in the bucket, transfers
+	 * in flight, recent rate); a provider the engine does not know (yet)
+	 * has them null and the breaker state "unknown".
+	 */
+	sb_puts(&sb, ",\"providers\":[");
+	for (int i = 0; i < api->bd->cfg->nproviders; i++) {
+		const Provider *p = api->bd->cfg->providers[i];
+		ProviderStats ps;
+		if (i)
+			sb_putc(&sb, ',');
+		sb_puts(&sb, "{\"name\":");
+		json_append_string(&sb, p->name, strlen(p->name));
+		sb_printf(&sb, ",\"rate\":%.6g,\"burst\":%d,\"max_concurrency\":%d",
+			  p->rate, p->burst, p->max_concurrency);
+		if (engine_provider_stats(bd->engine, p->name, &ps)) {
+			sb_printf(&sb, ",\"breaker\":{\"state\":\"%s\",\"half_open_in_s\":",
+				  ps.breaker_state);
+			if (ps.half_open_in_ms >= 0)
+				sb_printf(&sb, "%.3f", (double)ps.half_open_in_ms / 1000.0);
+			else
+				sb_puts(&sb, "null");
+			sb_printf(&sb, ",\"failures\":%d},\"tokens\":%.3f,\"rate_share\":%.6g,"
+				  "\"inflight\":%d,\"queued\":%d,\"rate_per_s\":%.3f,"
+				  "\"error_rate\":%.4f,\"paused_for_s\":%.3f,\"requests\":%llu,"
+				  "\"per_second\":[", ps.failures, ps.tokens, ps.rate_share, ps.inflight,
+				  ps.queued, ps.req_per_s, ps.error_ratio, (double)ps.paused_ms / 1000.0,
+				  (unsigned long long)ps.requests);
+			for (int k = 0; k < PROVIDER_HISTORY_S; k++)
+				sb_printf(&sb, "%s%u", k ? "," : "", ps.per_second[k]);
+			sb_puts(&sb, "]}");
+		} else {
+			sb_puts(&sb, ",\"breaker\":{\"state\":\"unknown\"},\"tokens\":null,"
+				"\"inflight\":null,\"rate_per_s\":null}");
+		}
+	}
+	sb_puts(&sb, "],\"routes\":[");
+	for (int i = 0; i < api->bd->cfg->nroutes; i++) {
+		const Route *rt = api->bd->cfg->routes[i];
+		if (i)
+			sb_putc(&sb, ',');
+		sb_puts(&sb, "{\"name\":");
+		json_append_string(&sb, rt->name, strlen(rt->name));
+		sb_puts(&sb, ",\"providers\":[");
+		for (int j = 0; j < rt->nproviders; j++) {
+			if (j)
+				sb_putc(&sb, ',');
+			json_append_string(&sb, rt->provider_names[j], strlen(rt->provider_names[j]));
+		}
+		sb_puts(&sb, "]}");
+	}
+	sb_puts(&sb, "]}");
+	reply_json(r, 200, sb.data, sb.len);
+	sb_free(&sb);
+}
+
+void do_status(Req *r)
+{
+	static const char sql[] =
+		"SELECT w.id, w.hostname, w.pid, w.version, batchd.api_ts(w.started_at), "
+		"batchd.api_ts(w.heartbeat_at), w.inflight, "
+		"round(extract(epoch FROM now() - w.heartbeat_at), 3) "
+		"FROM batchd.workers AS w ORDER BY w.started_at, w.id";
+
+	req_query(r, false, sql, 0, NULL, step_status);
+}
+
