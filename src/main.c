@@ -61,6 +61,13 @@ static void apply_log_settings(const Config *cfg)
 	if (f == LOGF_AUTO)
 		f = sdn_stderr_is_journal() ? LOGF_JOURNAL : LOGF_TEXT;
 	log_set_level(cfg->log_level);
+	/* log_format = journal without a journal would print nothing at all */
+	if (f == LOGF_JOURNAL && !sdn_journal_available()) {
+		f = LOGF_TEXT;
+		log_set_format(f);
+		log_warn("log_format = journal, but there is no journal socket at %s: "
+			 "logging to stderr as text", sdn_journal_socket());
+	}
 	log_set_format(f);
 	log_clear_secrets();
 	for (int i = 0; i < cfg->nproviders; i++) {

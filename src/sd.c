@@ -95,6 +95,20 @@ bool sdn_stderr_is_journal(void)
 	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
+const char *sdn_journal_socket(void)
+{
+	const char *p = getenv("BATCHD_JOURNAL_SOCKET");
+
+	return p && *p ? p : "/run/systemd/journal/socket";
+}
+
+bool sdn_journal_available(void)
+{
+	struct stat st;
+
+	return stat(sdn_journal_socket(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
 void sdn_journal_sink(int priority, const char *msg, const struct LogCtx *ctx,
 		      const char *worker_id)
 {
@@ -125,7 +139,10 @@ void sdn_journal_sink(int priority, const char *msg, const struct LogCtx *ctx,
 	if (ctx && ctx->route)
 		FIELD(6, "ROUTE=%s", ctx->route);
 #undef FIELD
-	sd_journal_sendv(iov, n);
+	if (sd_journal_sendv(iov, n) < 0) {
+		/* journald went away: the message still goes somewhere */
+		fprintf(stderr, "batchd[%d]: %s\n", (int)getpid(), msg);
+	}
 	free(m);
 }
 

@@ -12,7 +12,8 @@
  *   [route NAME]        each route: its providers in failover order, group
  *                       limits, the SQL hook and batch callback
  *
- * Values may use ${VAR} (environment); BATCHD_DATABASE overrides database.
+ * Values may use ${VAR} (environment), ${file:PATH} and ${credential:NAME}
+ * (secrets from files, see config_expand); BATCHD_DATABASE overrides database.
  * Every error names the file and line: "FILE:LINE: message".  The parsed
  * structs below carry a comment per field.
  */
@@ -108,10 +109,16 @@ Provider *config_find_provider(const Config *cfg, const char *name);
 Route *config_find_route(const Config *cfg, const char *name);
 
 /*
- * Expand ${VAR} references from the environment.  An unset variable is an
- * error (err names it).  "$$" is a literal "$".  Returns malloc'd string or
- * NULL.
+ * Expand a value: ${VAR} from the environment (an unset variable is an
+ * error), ${file:PATH} the content of a file (a relative PATH is relative to
+ * base_dir, the config file's directory; NULL: the working directory), and
+ * ${credential:NAME} the file $CREDENTIALS_DIRECTORY/NAME (systemd
+ * LoadCredential=); a file's trailing line ends are stripped, and it may
+ * hold at most 64 KiB and no NUL byte.  "$$" is a literal "$".  Returns a
+ * malloc'd string, or NULL with err saying why.
  */
+char *config_expand(const char *s, const char *base_dir, char *err, size_t errlen);
+/* config_expand(s, NULL, ...) */
 char *config_expand_env(const char *s, char *err, size_t errlen);
 
 #endif /* BATCHD_CONFIG_H */

@@ -20,6 +20,10 @@ void sdn_stop(void);
 struct LogCtx;
 void sdn_journal_sink(int priority, const char *msg, const struct LogCtx *ctx,
 		      const char *worker_id);
+/* The journal's native socket (BATCHD_JOURNAL_SOCKET overrides the path,
+ * for tests), and whether a socket is there. */
+const char *sdn_journal_socket(void);
+bool sdn_journal_available(void);
 /* True when stderr is connected to the journal (JOURNAL_STREAM). */
 bool sdn_stderr_is_journal(void);
 

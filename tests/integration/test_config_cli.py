@@ -257,3 +257,93 @@ def test_env_expansion_in_values(tmp_path):
     path = write(tmp_path, "[batchd]\ndatabase = ${BATCHD_TEST_DB}\n" + PROVIDER + ROUTE)
     r = check_config(path, env={"BATCHD_TEST_DB": "dbname=x"})
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ log_format = journal without a journal
+
+def test_journal_format_without_journal_falls_back_to_stderr(tmp_path):
+    """log_format = journal where no journal socket exists (a container, a
+    test machine): --check-config says so, in one warning."""
+    path = write(tmp_path, "[batchd]\ndatabase = dbname=x\nlog_format = journal\n" + PR)
+    r = check_config(path, env={"BATCHD_JOURNAL_SOCKET": str(tmp_path / "no-such-socket")})
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if "no journal socket" in ln]
+    assert len(warnings) == 1, r.stderr
+    assert "logging to stderr as text" in warnings[0]
+    assert str(tmp_path / "no-such-socket") in warnings[0]
+
+
+def test_journal_format_with_a_journal_socket_warns_nothing(tmp_path):
+    import socket as so
+    sock_path = str(tmp_path / "journal.sock")
+    s = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    s.bind(sock_path)
+    try:
+        path = write(tmp_path, "[batchd]\ndatabase = dbname=x\nlog_format = journal\n" + PR)
+        r = check_config(path, env={"BATCHD_JOURNAL_SOCKET": sock_path})
+        assert r.returncode == 0, r.stderr
+        assert "journal" not in r.stderr, r.stderr
+    finally:
+        s.close()
+
+
+def test_daemon_with_journal_format_and_no_journal_logs_to_stderr(new_database, batchd_factory,
+                                                                   tmp_path, mock):
+    """The daemon itself: every record it logs reaches stderr (before the fix
+    nothing at all was printed), as text lines."""
+    db = new_database()
+    d = batchd_factory(db=db, providers={"p": {"url": mock.url("/item/{id}")}},
+                       routes={"r": "p"}, log_format="journal",
+                       env={"BATCHD_JOURNAL_SOCKET": str(tmp_path / "none")})
+    d.stop()
+    log = d.log()
+    assert "no journal socket" in log, log
+    assert re.search(r"^\S+Z INFO .*ready", log, re.M), log
+
+
+# ------------------------------------------------------------------ secrets from files
+
+def test_provider_token_from_a_file_and_a_credential_reread_on_reload(db, conn, mock,
+                                                                      batchd_factory, tmp_path):
+    """header = Authorization: Bearer ${file:token} (relative to the config
+    file) and ${credential:NAME} ($CREDENTIALS_DIRECTORY, as systemd's
+    LoadCredential= sets it): the provider sees the file's token, and after
+    the file changes and SIGHUP, the new one, with no restart."""
+    import signal as sig
+    from conftest import submit, wait_batch_done, wait_until
+    (tmp_path / "token").write_text("first-token\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "apikey").write_text("key-1")
+    d = batchd_factory(db=db, env={"CREDENTIALS_DIRECTORY": str(creds)},
+                       providers={"p": {"url": mock.url("/item/{id}"),
+                                        "header": ["Authorization: Bearer ${file:token}",
+                                                   "Idempotency-Key: ${credential:apikey}"]}},
+                       routes={"r": "p"})
+    bid = submit(conn, "t", "r", [{"id": 1}])
+    wait_batch_done(conn, bid)
+    got = mock.all_requests()
+    assert [(g["authorization"], g["idempotency_key"]) for g in got] == \
+        [("Bearer first-token", "key-1")]
+    assert "first-token" not in d.log(), "the token is redacted from the logs"
+
+    (tmp_path / "token").write_text("second-token\n")
+    (creds / "apikey").write_text("key-2\n")
+    n = d.log().count("reload")
+    d.signal(sig.SIGHUP)
+    wait_until(lambda: d.log().count("reload") > n, 10, desc="the reload")
+    bid = submit(conn, "t", "r", [{"id": 2}])
+    wait_batch_done(conn, bid)
+    got = mock.all_requests()
+    assert [(g["authorization"], g["idempotency_key"]) for g in got][-1] == \
+        ("Bearer second-token", "key-2")
+
+    # a reload whose file is gone keeps the running config, and says why
+    (tmp_path / "token").unlink()
+    n = d.log().count("cannot read")
+    d.signal(sig.SIGHUP)
+    wait_until(lambda: d.log().count("cannot read") > n, 10, desc="the failed reload")
+    bid = submit(conn, "t", "r", [{"id": 3}])
+    wait_batch_done(conn, bid)
+    assert mock.all_requests()[-1]["authorization"] == "Bearer second-token"
+    assert d.running()

@@ -154,7 +154,9 @@ def test_credentials_dropin_verifies(tree):
         block.append(line[4:])
     dropin = "\n".join(block) + "\n"
     assert "LoadCredential=provider-token:/etc/batchd/credentials/provider-token" in dropin
-    assert f"exec {tree['bindir']}/batchd -c {tree['sysconfdir']}/batchd/batchd.ini" in dropin
+    # batchd reads the credential itself (${credential:NAME}): no shell wrapper
+    assert "ExecStart" not in dropin and "/bin/sh" not in dropin
+    assert "${credential:provider-token}" in read(service)
     d = tree["units"] / "batchd.service.d"
     d.mkdir()
     (d / "credentials.conf").write_text(dropin)

@@ -767,6 +767,111 @@ static void test_expand_env_direct(void **state)
 	assert_string_equal(err, "invalid variable name in '${1A}'");
 }
 
+/* A file in /tmp with exactly these bytes; its path to out. */
+static void tmp_file(char out[64], const char *data, size_t len)
+{
+	int fd;
+
+	strcpy(out, "/tmp/batchd_test_secret_XXXXXX");
+	fd = mkstemp(out);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, data, len), (ssize_t)len);
+	close(fd);
+}
+
+static void test_expand_file_and_credential(void **state)
+{
+	char err[512] = "", path[64], other[64], text[160], dir[64];
+	char *s, *big, *slash;
+
+	tmp_file(path, "s3cr3t\n", 7);
+	snprintf(text, sizeof(text), "Bearer ${file:%s}!", path);
+	s = config_expand(text, NULL, err, sizeof(err));
+	assert_non_null(s);
+	assert_string_equal(s, "Bearer s3cr3t!");           /* trailing newline stripped */
+	free(s);
+
+	/* relative: to base_dir */
+	slash = strrchr(path, '/');
+	snprintf(text, sizeof(text), "${file:%s}", slash + 1);
+	s = config_expand(text, "/tmp", err, sizeof(err));
+	assert_non_null(s);
+	assert_string_equal(s, "s3cr3t");
+	free(s);
+
+	/* CRLF and inner newlines: only the trailing line ends go */
+	tmp_file(other, "a\nb\r\n\r\n", 7);
+	snprintf(text, sizeof(text), "${file:%s}", other);
+	s = config_expand(text, NULL, err, sizeof(err));
+	assert_string_equal(s, "a\nb");
+	free(s);
+	unlink(other);
+
+	/* errors name the reference and the path */
+	assert_null(config_expand("${file:/nonexistent/batchd-secret}", NULL, err, sizeof(err)));
+	assert_string_equal(err, "${file:/nonexistent/batchd-secret}: cannot read "
+			    "/nonexistent/batchd-secret: No such file or directory");
+	tmp_file(other, "a\0b", 3);
+	snprintf(text, sizeof(text), "${file:%s}", other);
+	assert_null(config_expand(text, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "holds a NUL byte"));
+	unlink(other);
+	big = calloc(1, 64 * 1024 + 1);
+	assert_non_null(big);
+	memset(big, 'x', 64 * 1024 + 1);
+	tmp_file(other, big, 64 * 1024 + 1);
+	free(big);
+	snprintf(text, sizeof(text), "${file:%s}", other);
+	assert_null(config_expand(text, NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "is larger than 65536 bytes"));
+	unlink(other);
+
+	/* ${credential:NAME}: $CREDENTIALS_DIRECTORY/NAME */
+	unsetenv("CREDENTIALS_DIRECTORY");
+	assert_null(config_expand("${credential:token}", NULL, err, sizeof(err)));
+	assert_string_equal(err, "${credential:token}: CREDENTIALS_DIRECTORY is not set "
+			    "(systemd sets it for a unit with LoadCredential=)");
+	snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+	setenv("CREDENTIALS_DIRECTORY", dir, 1);
+	snprintf(text, sizeof(text), "x${credential:%s}y", slash + 1);
+	s = config_expand(text, NULL, err, sizeof(err));
+	assert_string_equal(s, "xs3cr3ty");
+	free(s);
+	assert_null(config_expand("${credential:../etc/passwd}", NULL, err, sizeof(err)));
+	assert_string_equal(err, "${credential:../etc/passwd}: a credential name has no '/'");
+	assert_null(config_expand("${credential:nope-not-there}", NULL, err, sizeof(err)));
+	assert_non_null(strstr(err, "cannot read"));
+	unsetenv("CREDENTIALS_DIRECTORY");
+
+	/* "$${file:x}" stays literal */
+	s = config_expand("$${file:x}", NULL, err, sizeof(err));
+	assert_string_equal(s, "${file:x}");
+	free(s);
+	unlink(path);
+}
+
+/* In a config: relative to the config file's directory; errors name the key. */
+static void test_config_file_reference(void **state)
+{
+	char path[64], text[512];
+	const char *base;
+	Config *cfg;
+
+	tmp_file(path, "tok-123\n", 8);
+	base = strrchr(path, '/') + 1;
+	snprintf(text, sizeof(text),
+		 "[batchd]\ndatabase = dbname=x\n[provider p]\nurl = http://127.0.0.1:9/{id}\n"
+		 "header = Authorization: Bearer ${file:%s}\n[route r]\nproviders = p\n", base);
+	cfg = load_ok(text);          /* the config is in /tmp too */
+	assert_string_equal(cfg->providers[0]->headers[0], "Authorization: Bearer tok-123");
+	config_free(cfg);
+	unlink(path);
+	load_err("[batchd]\ndatabase = ${file:no-such-secret-file}\n"
+		 "[provider p]\nurl = http://127.0.0.1:9/{id}\n[route r]\nproviders = p\n", 2,
+		 "database: ${file:no-such-secret-file}: cannot read /tmp/no-such-secret-file: "
+		 "No such file or directory");
+}
+
 static void test_database_env(void **state)
 {
 	Config *cfg;
@@ -975,6 +1080,8 @@ int main(void)
 		cmocka_unit_test_setup(test_env_expansion_ok, setup),
 		cmocka_unit_test_setup(test_env_unset, setup),
 		cmocka_unit_test_setup(test_expand_env_direct, setup),
+		cmocka_unit_test_setup(test_expand_file_and_credential, setup),
+		cmocka_unit_test_setup(test_config_file_reference, setup),
 		cmocka_unit_test_setup(test_database_env, setup),
 		cmocka_unit_test_setup(test_claim_ahead, setup),
 		cmocka_unit_test_setup(test_errors_keys, setup),
