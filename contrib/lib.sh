@@ -67,6 +67,21 @@ bd_install_deps() {
 }
 
 # Regenerate the build system when configure is missing or older than its inputs.
+# A source tree configured in place (./configure run in it, as in README's
+# "Building and installing by hand") refuses the out-of-tree builds these
+# scripts make under build/ ("source directory already configured"): say so
+# and clean it with make distclean first. Run ./configure && make in the tree
+# again to build there.
+bd_unconfigure_tree() {
+	if [ -f "$REPO/config.status" ]; then
+		bd_say "the source tree is configured in place (./configure was run in it), which" \
+			"refuses builds under build/: running 'make distclean' in it first" \
+			"(./configure there again to build in the tree)"
+		(cd "$REPO" && make distclean >/dev/null 2>&1) ||
+			(cd "$REPO" && rm -f config.status config.log config.h Makefile stamp-h1)
+	fi
+}
+
 bd_autoreconf() {
 	if [ ! -x "$REPO/configure" ] || [ "$REPO/configure.ac" -nt "$REPO/configure" ] ||
 		[ "$REPO/Makefile.am" -nt "$REPO/Makefile.in" ]; then

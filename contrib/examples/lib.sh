@@ -82,6 +82,7 @@ ex_binaries() {
 		return 0
 	fi
 	bd_install_deps jq
+	bd_unconfigure_tree
 	bd_autoreconf
 	local build="$REPO/build/demo"
 	mkdir -p "$build"
