@@ -91,7 +91,7 @@ compile() {
 	"$CC" "${CFLAGS_F[@]}" -c "$src" -o "$obj.tmp" && mv "$obj.tmp" "$obj"
 }
 
-LIB_SRCS="config tmpl json util log api_submit"
+LIB_SRCS="config expand tmpl json util log api_submit"
 pids=""
 for s in $LIB_SRCS; do
 	compile "$SRC/src/$s.c" "$B/obj/$s.o" > "$B/logs/cc-$s.log" 2>&1 &
@@ -115,7 +115,7 @@ link() {
 }
 
 O=$B/obj
-link "$B/fuzz_config" "$O/fuzz_config.o" "$O/config.o" "$O/tmpl.o" "$O/json.o" \
+link "$B/fuzz_config" "$O/fuzz_config.o" "$O/config.o" "$O/expand.o" "$O/tmpl.o" "$O/json.o" \
 	"$O/util.o" "$O/log.o" "${LIBS_CONFIG[@]}" \
 	> "$B/logs/ld-fuzz_config.log" 2>&1 || { cat "$B/logs/ld-fuzz_config.log" >&2; exit 2; }
 link "$B/fuzz_tmpl" "$O/fuzz_tmpl.o" "$O/tmpl.o" "$O/json.o" "$O/util.o" "$O/log.o" \
@@ -128,7 +128,7 @@ link "$B/fuzz_json" "$O/fuzz_json.o" "$O/json.o" "$O/util.o" "$O/log.o" "${LIBS_
 # rest of the REST API (api.c, db.c).  The validator needs none of that, so
 # every symbol the link reports missing gets a stub that aborts if ever
 # called (it never is).  This keeps the target building while the API changes.
-SUBMIT_OBJS=("$O/fuzz_submit.o" "$O/api_submit.o" "$O/config.o" "$O/tmpl.o" "$O/json.o" "$O/util.o"
+SUBMIT_OBJS=("$O/fuzz_submit.o" "$O/api_submit.o" "$O/config.o" "$O/expand.o" "$O/tmpl.o" "$O/json.o" "$O/util.o"
 	"$O/log.o")
 if ! link "$B/fuzz_submit" "${SUBMIT_OBJS[@]}" "${LIBS_API[@]}" \
 	> "$B/logs/ld-fuzz_submit.log" 2>&1; then

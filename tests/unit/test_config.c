@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "batchd/config.h"
+#include "batchd/expand.h"
 
 static char cfg_path[64];
 
