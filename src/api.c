@@ -1,5 +1,5 @@
 /*
- * api.c - the REST API (evhttp) on the main loop.
+ * api.c - the REST API (evhttp) on the main loop: the server and its routes.
  *
  *   GET  /healthz, /readyz                    no token
  *   POST /v1/batches                          submit (Idempotency-Key)
@@ -32,52 +32,149 @@
  * request still attached and forgets it.  We clear the close callback when
  * we send the final answer, as evhttp owns the request from then on.
  *
- * The endpoints live in api_batches.c (batches, items, progress, cancel,
- * retry, delete), api_submit.c (POST /v1/batches), api_status.c (/v1/status)
- * and api_results.c (the NDJSON streams); this file is the server: routing
- * (method, path -> endpoint), query strings, authentication, the request
- * lifecycle, the replies and the pool of query connections.  Bodies over
- * max_body_size are refused by evhttp itself (see api_new: libevent 2.1
- * answers those with its own HTML page).
+ * Results streams (api_results.c).  Each GET .../results gets a connection
+ * of its own holding a read-only transaction with a cursor, and sends the
+ * next chunk only when the previous one is written: memory is bounded by one
+ * chunk whatever the batch size.
+ *
+ * Bodies.  POST /v1/batches is validated in C by yajl's event parser
+ * (api_submit.c: types, ranges, unknown or duplicate fields, nesting depth,
+ * no tree, so memory stays linear in the body) and then stored by ONE
+ * statement, batchd.api_submit(), which validates again (SQLSTATE 22023 ->
+ * 400) and inserts all items in one INSERT ... SELECT; any error rolls the
+ * whole statement back.  Bodies over max_body_size are refused by evhttp
+ * itself (see api_new; api_req.c replaces libevent's HTML error page).
+ *
+ * Files.  This one is the server: setup, the route table (path, methods,
+ * handler), query-string checks and authentication.  api_req.c: the
+ * request lifecycle, answers and the connection pool; api_batches.c: the
+ * batch endpoints; api_submit.c: the submit validator; api_results.c: the
+ * results streams; api_status.c: /v1/status, /healthz, /readyz.  They share
+ * include/batchd/api_req.h.
  */
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/queue.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "batchd/api.h"
 #include "batchd/api_req.h"
 #include "batchd/base64url.h"
-#include "batchd/engine.h"
 #include "batchd/json.h"
+#include "batchd/log.h"
 #include "batchd/sha256.h"
-#include "batchd/status_names.h"
+#include "batchd/status.h"
 
-static void req_free(Req *r);
+#define API_TIMEOUT_S 60            /* idle read/write on a client connection */
+#define API_MAX_HEADERS (64 * 1024) /* request line + headers */
+#define API_TOKEN_MAX 512
 
-/* ---------------------------------------------------------------- checks */
+/* ================================================================ routes */
 
-/* A uuid in the canonical 8-4-4-4-12 form, any case; out: lower case. */
-static bool parse_uuid(const char *s, char out[37])
+enum RouteFlags {
+	RT_ID = 1,          /* the path has a batch {id} */
+	RT_PAGED = 2,       /* status, limit and cursor query parameters */
+	RT_BODY = 4,        /* an optional body, which must be JSON */
+};
+
+#define M_GET (EVHTTP_REQ_GET | EVHTTP_REQ_HEAD)
+
+/*
+ * The route table, indexed by enum Endpoint.  "{id}" in a path matches one
+ * non-empty path segment.  A path that matches with another method gets
+ * 405, its Allow header naming the methods of every route of that path in
+ * table order.
+ */
+typedef struct ApiRoute {
+	const char *path;
+	unsigned methods;           /* EVHTTP_REQ_* */
+	unsigned flags;             /* RT_* */
+	void (*handler)(Req *r);
+} ApiRoute;
+
+static const ApiRoute routes[] = {
+	[EP_LIST] = { "/v1/batches", M_GET, RT_PAGED, ep_list },
+	[EP_SUBMIT] = { "/v1/batches", EVHTTP_REQ_POST, 0, ep_submit },
+	[EP_GET] = { "/v1/batches/{id}", M_GET, RT_ID, ep_get },
+	[EP_DELETE] = { "/v1/batches/{id}", EVHTTP_REQ_DELETE, RT_ID, ep_state_change },
+	[EP_PROGRESS] = { "/v1/batches/{id}/progress", M_GET, RT_ID, ep_progress },
+	[EP_ITEMS] = { "/v1/batches/{id}/items", M_GET, RT_ID | RT_PAGED, ep_items },
+	[EP_RESULTS] = { "/v1/batches/{id}/results", M_GET, RT_ID, ep_results },
+	[EP_CANCEL] = { "/v1/batches/{id}/cancel", EVHTTP_REQ_POST, RT_ID | RT_BODY,
+			ep_state_change },
+	[EP_RETRY] = { "/v1/batches/{id}/retry", EVHTTP_REQ_POST, RT_ID | RT_BODY,
+		       ep_state_change },
+	[EP_STATUS] = { "/v1/status", M_GET, 0, ep_status },
+};
+
+/* Does path match pat?  A "{id}" segment goes to r->idseg (emptied, with
+ * idseg_long, when it does not fit). */
+static bool path_match(Req *r, const char *pat, const char *path)
 {
-	int i;
+	while (*pat) {
+		if (strncmp(pat, "{id}", 4) == 0) {
+			size_t n = strcspn(path, "/");
 
-	if (strlen(s) != 36)
-		return false;
-	for (i = 0; i < 36; i++) {
-		if (i == 8 || i == 13 || i == 18 || i == 23) {
-			if (s[i] != '-')
+			if (n == 0)
 				return false;
-		} else if (!isxdigit((unsigned char)s[i])) {
+			r->idseg_long = n >= sizeof(r->idseg);
+			if (r->idseg_long)
+				n = 0;
+			memcpy(r->idseg, path, n);
+			r->idseg[n] = '\0';
+			pat += 4;
+			path += strcspn(path, "/");
+		} else if (*pat++ != *path++) {
 			return false;
 		}
-		out[i] = (char)tolower((unsigned char)s[i]);
 	}
-	out[36] = '\0';
-	return true;
+	return *path == '\0';
 }
+
+/* Find the route of the path and method (r->ep); answers 404 or 405 and
+ * returns -1 when there is none. */
+static int route_request(Req *r, const char *path, enum evhttp_cmd_type m)
+{
+	static const struct { unsigned method; const char *name; } names[] = {
+		{ EVHTTP_REQ_GET, "GET" }, { EVHTTP_REQ_HEAD, "HEAD" },
+		{ EVHTTP_REQ_POST, "POST" }, { EVHTTP_REQ_DELETE, "DELETE" },
+	};
+	char allow[64] = "";
+	bool found = false;
+
+	r->head = m == EVHTTP_REQ_HEAD;
+	for (size_t i = 0; path && i < ARRAY_SIZE(routes); i++) {
+		if (!path_match(r, routes[i].path, path))
+			continue;
+		if (routes[i].methods & (unsigned)m) {
+			r->ep = (enum Endpoint)i;
+			return 0;
+		}
+		found = true;
+		for (size_t k = 0; k < ARRAY_SIZE(names); k++) {
+			size_t len = strlen(allow);
+			if (routes[i].methods & names[k].method)
+				snprintf(allow + len, sizeof(allow) - len, "%s%s", len ? ", " : "",
+					 names[k].name);
+		}
+	}
+	if (!found) {
+		reply_error(r, 404, "no such endpoint");
+		return -1;
+	}
+	evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", allow);
+	reply_error(r, 405, "method not allowed here (allowed: %s)", allow);
+	return -1;
+}
+
+/* ================================================================ checks */
 
 /* "2026-11-23T01:02:03.123456Z", as batchd.api_ts() writes it. */
 static bool is_api_timestamp(const char *s)
@@ -94,378 +191,12 @@ static bool is_api_timestamp(const char *s)
 	return true;
 }
 
-/* Content-Type: application/json, optionally with parameters; a charset
- * parameter must name UTF-8. */
-bool is_json_content_type(const char *ct)
-{
-	const char *p;
-
-	if (!ct)
-		return false;
-	while (*ct == ' ' || *ct == '\t')
-		ct++;
-	if (strncasecmp(ct, "application/json", 16) != 0)
-		return false;
-	p = ct + 16;
-	while (*p == ' ' || *p == '\t')
-		p++;
-	if (*p == '\0')
-		return true;
-	if (*p != ';')
-		return false;
-	while (*p == ';') {
-		const char *name, *val, *end;
-		size_t nlen, vlen;
-
-		p++;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		name = p;
-		while (*p && *p != '=' && *p != ';')
-			p++;
-		nlen = (size_t)(p - name);
-		while (nlen > 0 && (name[nlen - 1] == ' ' || name[nlen - 1] == '\t'))
-			nlen--;
-		if (*p != '=')
-			return nlen == 0 && *p == '\0';
-		val = ++p;
-		while (*p && *p != ';')
-			p++;
-		end = p;
-		while (end > val && (end[-1] == ' ' || end[-1] == '\t'))
-			end--;
-		if (end - val >= 2 && val[0] == '"' && end[-1] == '"') {
-			val++;
-			end--;
-		}
-		vlen = (size_t)(end - val);
-		if (nlen == 7 && strncasecmp(name, "charset", 7) == 0 &&
-		    !((vlen == 5 && strncasecmp(val, "utf-8", 5) == 0) ||
-		      (vlen == 4 && strncasecmp(val, "utf8", 4) == 0)))
-			return false;
-	}
-	return *p == '\0';
-}
-
-/* ======================================================= request lifecycle */
-
-static const char *ecode_for(int status)
-{
-	switch (status) {
-	case 400: return "bad_request";
-	case 401: return "unauthorized";
-	case 404: return "not_found";
-	case 405: return "method_not_allowed";
-	case 409: return "conflict";
-	case 413: return "payload_too_large";
-	case 415: return "unsupported_media_type";
-	case 503: return "unavailable";
-	default: return "internal";
-	}
-}
-
-/*
- * libevent 2.1 answers a few errors itself, before any handler of ours runs
- * (a body over max_body_size: 413; a request it cannot parse: 400), through
- * evhttp_send_error(), with a small HTML page.  Defining evhttp_send_error
- * here replaces libevent's: the library calls it through its PLT, so the
- * dynamic linker binds those calls to the executable's definition, and the
- * answers carry our JSON error shape like every other error.  It does what
- * libevent's does (the reply, then the connection closes) in JSON.
- */
-void evhttp_send_error(struct evhttp_request *req, int error, const char *reason)
-{
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	struct evbuffer *buf = evbuffer_new();
-	const char *msg;
-
-	if (!buf) {
-		evhttp_connection_free(evhttp_request_get_connection(req));
-		return;
-	}
-	switch (error) {
-	case 400: msg = "the request could not be parsed"; break;
-	case 413: msg = "the request body is larger than max_body_size"; break;
-	case 404: msg = "no such endpoint"; break;
-	case 405: msg = "method not allowed"; break;
-	case 501: msg = "method not implemented"; break;
-	case 503: msg = "service unavailable"; break;
-	default: msg = reason ? reason : "error"; break;
-	}
-	evhttp_clear_headers(h);
-	evhttp_add_header(h, "Content-Type", "application/json");
-	evhttp_add_header(h, "Connection", "close");
-	evbuffer_add_printf(buf, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
-			    error == 501 ? "not_implemented" : ecode_for(error), msg);
-	evhttp_send_reply(req, error, reason, buf);
-	evbuffer_free(buf);
-}
-
-static Req *req_new(Api *api, struct evhttp_request *req)
-{
-	Req *r = xcalloc(1, sizeof(*r));
-
-	r->api = api;
-	r->req = req;
-	r->start_us = now_monotonic_us();
-	r->limit = API_DEFAULT_LIMIT;
-	r->next = api->reqs;
-	if (api->reqs)
-		api->reqs->prev = r;
-	api->reqs = r;
-	api->nreqs++;
-	return r;
-}
-
-static void req_free(Req *r)
-{
-	Api *api = r->api;
-
-	if (r->prev)
-		r->prev->next = r->next;
-	else
-		api->reqs = r->next;
-	if (r->next)
-		r->next->prev = r->prev;
-	api->nreqs--;
-	if (r->stimer)
-		event_free(r->stimer);
-	free(r->tenant);
-	free(r->route);
-	free(r->idem);
-	free(r);
-}
-
-/* Forget the client side: free the request if it is ours (detached), never
- * answer.  Then free the Req unless a query callback is still due. */
-void req_drop(Req *r)
-{
-	if (r->req) {
-		struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
-		if (evcon)      /* not reached: attached requests get an answer */
-			evhttp_connection_set_closecb(evcon, NULL, NULL);
-		else
-			evhttp_request_free(r->req);
-	}
-	r->req = NULL;
-	r->gone = true;
-	if (r->sstate != ST_NONE && r->sstate != ST_STOPPED)
-		stream_stop(r);
-	if (r->busy == 0)
-		req_free(r);
-}
-
-/* The connection of the request in progress is going away. */
-static void on_conn_close(struct evhttp_connection *evcon, void *arg)
-{
-	Req *r = arg;
-
-	r->gone = true;
-	/* Still attached: evhttp_free() is freeing it (shutdown).  Detached
-	 * (EOF, timeout, write error): it is ours, req_drop frees it. */
-	if (r->req && evhttp_request_get_connection(r->req) != NULL)
-		r->req = NULL;
-	if (r->sstate != ST_NONE && r->sstate != ST_STOPPED)
-		stream_stop(r);
-	if (r->busy == 0)
-		req_drop(r);
-}
-
-/* Final answer: hand the request to evhttp and free the Req (not busy). */
-void req_send(Req *r, int status, struct evbuffer *body)
-{
-	if (r->req && !r->gone) {
-		struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
-		if (evcon)
-			evhttp_connection_set_closecb(evcon, NULL, NULL);
-		evhttp_send_reply(r->req, status, NULL, body);
-		r->req = NULL;
-	}
-	log_debug("api: %s %d (%.1f ms)", r->tenant ? r->tenant : "-", status,
-		  (double)(now_monotonic_us() - r->start_us) / 1000.0);
-	req_drop(r);
-}
-
-void reply_json(Req *r, int status, const char *body, size_t len)
-{
-	struct evbuffer *buf;
-
-	if (!r->req || r->gone) {
-		req_drop(r);
-		return;
-	}
-	buf = evbuffer_new();
-	evhttp_add_header(evhttp_request_get_output_headers(r->req), "Content-Type",
-			  "application/json");
-	evhttp_add_header(evhttp_request_get_output_headers(r->req), "Cache-Control", "no-store");
-	evbuffer_add(buf, body, len);
-	evbuffer_add(buf, "\n", 1);
-	req_send(r, status, buf);
-	evbuffer_free(buf);
-}
-
-void reply_error(Req *r, int status, const char *fmt, ...) _PRINTF(3, 4);
-void reply_error(Req *r, int status, const char *fmt, ...)
-{
-	char msg[1024];
-	va_list ap;
-	StrBuf sb;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (status >= 500)
-		log_warn("api: answering %d: %s", status, msg);
-	sb_init(&sb);
-	sb_printf(&sb, "{\"error\":{\"code\":\"%s\",\"message\":", ecode_for(status));
-	json_append_string(&sb, msg, strlen(msg));
-	sb_puts(&sb, "}}");
-	reply_json(r, status, sb.data, sb.len);
-	sb_free(&sb);
-}
-
-static void reply_unauthorized(Req *r, const char *msg)
-{
-	if (r->req)
-		evhttp_add_header(evhttp_request_get_output_headers(r->req), "WWW-Authenticate",
-				  "Bearer realm=\"batchd\"");
-	reply_error(r, 401, "%s", msg);
-}
-
-/* Map a failed query to an answer. */
-void reply_db_error(Req *r, PGresult *res)
-{
-	const char *st = db_result_sqlstate(res);
-	const char *msg = db_result_error(res);
-
-	if (!res) {
-		reply_error(r, 503, "database connection lost; try again");
-	} else if (strcmp(st, "BD409") == 0) {
-		reply_error(r, 409, "%s", msg);
-	} else if (strncmp(st, "22", 2) == 0) {
-		/* data exceptions: submit_batch's 22023, and what jsonb refuses
-		 * (\u0000, lone surrogates, numbers out of range) */
-		reply_error(r, 400, "%s", msg);
-	} else if (strncmp(st, "08", 2) == 0 || strncmp(st, "53", 2) == 0 ||
-		   strncmp(st, "57", 2) == 0 || strcmp(st, "40001") == 0 ||
-		   strcmp(st, "40P01") == 0 || strcmp(st, "55P03") == 0) {
-		reply_error(r, 503, "database busy or unavailable (%s); try again", msg);
-	} else {
-		log_error("api: query failed: %s (SQLSTATE %s)", msg, st);
-		reply_error(r, 500, "internal error (SQLSTATE %s)", st);
-	}
-}
-
-/* ------------------------------------------------------------------ pool */
-
-/* The READY pool connection with the shortest queue, or NULL. */
-static Db *pool_pick(Api *api)
-{
-	Db *best = NULL;
-	int bestq = 0;
-
-	for (int i = 0; i < API_POOL_SIZE; i++) {
-		Db *db = api->pool[(api->rr + (unsigned)i) % API_POOL_SIZE];
-		int q;
-
-		if (!db_is_ready(db))
-			continue;
-		q = db_queue_length(db);
-		if (!best || q < bestq) {
-			best = db;
-			bestq = q;
-		}
-	}
-	api->rr++;
-	return best;
-}
-
-int pool_ready(const Api *api)
-{
-	int n = 0;
-	for (int i = 0; i < API_POOL_SIZE; i++)
-		n += db_is_ready(api->pool[i]);
-	return n;
-}
-
-static const char *pool_error(const Api *api)
-{
-	return db_last_error(api->pool[0]);
-}
-
-static void req_db_cb(PGresult *res, void *arg)
-{
-	Req *r = arg;
-
-	r->busy--;
-	if (r->api->closing || r->gone || !r->req) {
-		req_drop(r);
-		return;
-	}
-	if (!res) {
-		reply_error(r, 503, "database connection lost; try again");
-		return;
-	}
-	r->step(r, res);
-}
-
-/*
- * Run one step's query.  same_db: on the connection of the previous step
- * (a follow-up that must see the previous statement's effect).  On failure
- * to queue, answers 503 (and the Req is gone).
- */
-void req_query(Req *r, bool same_db, const char *sql, int n, const char *const *params,
-		      req_step_fn step)
-{
-	Db *db = same_db ? r->db : pool_pick(r->api);
-
-	if (!db || !db_is_ready(db)) {
-		reply_error(r, 503, "database unavailable: %s", pool_error(r->api));
-		return;
-	}
-	/* Counted before queueing: a send that fails at once runs the callback
-	 * inside db_query (with NULL), which answers and may free r. */
-	r->db = db;
-	r->step = step;
-	r->busy++;
-	if (db_query(db, sql, n, params, req_db_cb, r) < 0) {
-		r->busy--;
-		reply_error(r, 503, "database unavailable: %s", pool_error(r->api));
-	}
-}
-
-static void pool_on_connect(Db *db, void *arg)
-{
-	/* our own limits; failures are harmless (logged by nobody, defaults stay) */
-	if (db_query(db, "SET statement_timeout = '" API_STATEMENT_TIMEOUT "'", 0, NULL, NULL, NULL) < 0)
-		return;
-	if (db_query(db, "SET application_name = 'batchd api'", 0, NULL, NULL, NULL) < 0)
-		return;
-}
-
-/* ================================================================ results stream */
-
-static void reap_cb(evutil_socket_t fd, short what, void *arg)
-{
-	Api *api = arg;
-
-	while (api->dead) {
-		DeadDb *d = api->dead;
-		api->dead = d->next;
-		db_free(d->db);
-		free(d);
-	}
-}
-
-
-/* ================================================================ dispatch */
-
 /* Parse and check the query string into r; answers 400 and returns -1. */
-static int parse_query(Req *r, const char *query)
+static int parse_query(Req *r, const ApiRoute *rt, const char *query)
 {
 	struct evkeyvalq kv;
 	struct evkeyval *p;
-	bool paged = r->ep == EP_LIST || r->ep == EP_ITEMS;
+	bool paged = rt->flags & RT_PAGED;
 	unsigned seen = 0;
 	int rc = 0;
 
@@ -504,13 +235,10 @@ static int parse_query(Req *r, const char *query)
 		}
 		seen |= bit;
 		if (bit == 1) {
-			const char *const *ok = r->ep == EP_LIST ? batch_statuses : item_statuses;
-			if (!str_in_list(p->value, ok)) {
+			bool batches = r->ep == EP_LIST;
+			if (!(batches ? status_is_batch(p->value) : status_is_item(p->value))) {
 				reply_error(r, 400, "status must be one of %s",
-					    r->ep == EP_LIST ?
-					    "pending, processing, completed, completed_with_errors, "
-					    "failed, cancelled" :
-					    "queued, running, succeeded, failed, cancelled");
+					    batches ? STATUS_BATCH_NAMES_TEXT : STATUS_ITEM_NAMES_TEXT);
 				rc = -1;
 				break;
 			}
@@ -527,14 +255,14 @@ static int parse_query(Req *r, const char *query)
 			r->limit = (int)v;
 		} else {
 			char dec[128];
-			int n = strlen(p->value) < 160 ? b64url_decode(p->value, dec, sizeof(dec)) : -1;
+			int n = strlen(p->value) < 160 ? base64url_decode(p->value, dec, sizeof(dec)) : -1;
 			bool ok = false;
 
 			if (n > 0 && r->ep == EP_LIST) {
 				char *bar = strchr(dec, '|');
 				if (bar && (size_t)n == strlen(dec)) {
 					*bar = '\0';
-					ok = is_api_timestamp(dec) && parse_uuid(bar + 1, r->cur_id);
+					ok = is_api_timestamp(dec) && api_parse_uuid(bar + 1, r->cur_id);
 					if (ok)
 						snprintf(r->cur_ts, sizeof(r->cur_ts), "%s", dec);
 				}
@@ -559,24 +287,25 @@ static int parse_query(Req *r, const char *query)
 /* After authentication: the endpoint's own checks, then its query. */
 static void run_endpoint(Req *r)
 {
+	const ApiRoute *rt = &routes[r->ep];
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(r->req));
 
-	if (r->ep != EP_LIST && r->ep != EP_SUBMIT && r->ep != EP_STATUS) {
-		if (r->idseg_long || !parse_uuid(r->idseg, r->id)) {
+	if (rt->flags & RT_ID) {
+		if (r->idseg_long || !api_parse_uuid(r->idseg, r->id)) {
 			reply_error(r, 400, "malformed batch id (want a uuid)");
 			return;
 		}
 	}
-	if (parse_query(r, query) < 0)
+	if (parse_query(r, rt, query) < 0)
 		return;
-	if (r->ep == EP_CANCEL || r->ep == EP_RETRY) {
+	if (rt->flags & RT_BODY) {
 		/* no body needed; one that is sent must be JSON */
 		struct evbuffer *buf = evhttp_request_get_input_buffer(r->req);
 		size_t len = evbuffer_get_length(buf);
 		if (len > 0) {
 			const char *ct = evhttp_find_header(evhttp_request_get_input_headers(r->req),
 							    "Content-Type");
-			if (!is_json_content_type(ct)) {
+			if (!api_is_json_content_type(ct)) {
 				reply_error(r, 415, "POST bodies must be JSON (Content-Type: "
 					    "application/json)");
 				return;
@@ -587,18 +316,17 @@ static void run_endpoint(Req *r)
 			}
 		}
 	}
-	switch (r->ep) {
-	case EP_LIST: do_list(r); break;
-	case EP_SUBMIT: do_submit(r); break;
-	case EP_GET: read_batch(r, false); break;
-	case EP_PROGRESS: do_progress(r); break;
-	case EP_ITEMS: do_items(r); break;
-	case EP_RESULTS: do_results(r); break;
-	case EP_CANCEL:
-	case EP_RETRY:
-	case EP_DELETE: do_state_change(r); break;
-	case EP_STATUS: do_status(r); break;
-	}
+	rt->handler(r);
+}
+
+/* ================================================================ auth */
+
+static void reply_unauthorized(Req *r, const char *msg)
+{
+	if (r->req)
+		evhttp_add_header(evhttp_request_get_output_headers(r->req), "WWW-Authenticate",
+				  "Bearer realm=\"batchd\"");
+	reply_error(r, 401, "%s", msg);
 }
 
 static void step_auth(Req *r, PGresult *res)
@@ -654,73 +382,7 @@ static void authenticate(Req *r)
 		  step_auth);
 }
 
-/* Match the path and method; answers 404/405 and returns -1. */
-static int route_request(Req *r, const char *path, enum evhttp_cmd_type m)
-{
-	bool get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
-	const char *allow = NULL;
-
-	r->head = m == EVHTTP_REQ_HEAD;
-	if (!path) {
-		reply_error(r, 404, "no such endpoint");
-		return -1;
-	}
-	if (strcmp(path, "/v1/batches") == 0) {
-		if (get)
-			r->ep = EP_LIST;
-		else if (m == EVHTTP_REQ_POST)
-			r->ep = EP_SUBMIT;
-		else
-			allow = "GET, HEAD, POST";
-	} else if (strcmp(path, "/v1/status") == 0) {
-		if (get)
-			r->ep = EP_STATUS;
-		else
-			allow = "GET, HEAD";
-	} else if (strncmp(path, "/v1/batches/", 12) == 0 && path[12] && path[12] != '/') {
-		const char *seg = path + 12, *slash = strchr(seg, '/');
-		size_t n = slash ? (size_t)(slash - seg) : strlen(seg);
-		const char *sub = slash ? slash + 1 : NULL;
-
-		if (n >= sizeof(r->idseg)) {
-			r->idseg_long = true;
-			n = 0;
-		}
-		memcpy(r->idseg, seg, n);
-		r->idseg[n] = '\0';
-		if (!sub) {
-			if (get)
-				r->ep = EP_GET;
-			else if (m == EVHTTP_REQ_DELETE)
-				r->ep = EP_DELETE;
-			else
-				allow = "GET, HEAD, DELETE";
-		} else if (strcmp(sub, "progress") == 0 || strcmp(sub, "items") == 0 ||
-			   strcmp(sub, "results") == 0) {
-			if (get)
-				r->ep = sub[0] == 'p' ? EP_PROGRESS : sub[0] == 'i' ? EP_ITEMS : EP_RESULTS;
-			else
-				allow = "GET, HEAD";
-		} else if (strcmp(sub, "cancel") == 0 || strcmp(sub, "retry") == 0) {
-			if (m == EVHTTP_REQ_POST)
-				r->ep = sub[0] == 'c' ? EP_CANCEL : EP_RETRY;
-			else
-				allow = "POST";
-		} else {
-			reply_error(r, 404, "no such endpoint");
-			return -1;
-		}
-	} else {
-		reply_error(r, 404, "no such endpoint");
-		return -1;
-	}
-	if (allow) {
-		evhttp_add_header(evhttp_request_get_output_headers(r->req), "Allow", allow);
-		reply_error(r, 405, "method not allowed here (allowed: %s)", allow);
-		return -1;
-	}
-	return 0;
-}
+/* ================================================================ server */
 
 static void handle_api(struct evhttp_request *req, void *arg)
 {
@@ -729,71 +391,15 @@ static void handle_api(struct evhttp_request *req, void *arg)
 	const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
 
 	/* from here on the Req follows this connection's fate */
-	evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_conn_close, r);
+	evhttp_connection_set_closecb(evhttp_request_get_connection(req), req_on_conn_close, r);
 	if (route_request(r, path, evhttp_request_get_command(req)) < 0)
 		return;
-	if (pool_ready(api) == 0) {
-		reply_error(r, 503, "database unavailable: %s", pool_error(api));
+	if (api_pool_ready(api) == 0) {
+		reply_error(r, 503, "database unavailable: %s", api_pool_error(api));
 		return;
 	}
 	authenticate(r);
 }
-
-/* ================================================================ health */
-
-static void reply_plain(struct evhttp_request *req, int code, const char *body)
-{
-	struct evbuffer *buf = evbuffer_new();
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-
-	evhttp_add_header(h, "Content-Type", "application/json");
-	evhttp_add_header(h, "Cache-Control", "no-store");
-	evbuffer_add(buf, body, strlen(body));
-	evbuffer_add(buf, "\n", 1);
-	evhttp_send_reply(req, code, NULL, buf);
-	evbuffer_free(buf);
-}
-
-static bool method_is_get(struct evhttp_request *req)
-{
-	enum evhttp_cmd_type m = evhttp_request_get_command(req);
-	if (m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD)
-		return true;
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-	reply_plain(req, 405, "{\"error\":{\"code\":\"method_not_allowed\",\"message\":"
-		    "\"this endpoint accepts GET and HEAD\"}}");
-	return false;
-}
-
-static void handle_healthz(struct evhttp_request *req, void *arg)
-{
-	if (!method_is_get(req))
-		return;
-	reply_plain(req, 200, "{\"status\":\"ok\"}");
-}
-
-static void handle_readyz(struct evhttp_request *req, void *arg)
-{
-	Api *api = arg;
-	StrBuf sb;
-
-	if (!method_is_get(req))
-		return;
-	sb_init(&sb);
-	if (engine_is_ready(api->bd->engine)) {
-		reply_plain(req, 200, "{\"status\":\"ready\"}");
-	} else {
-		const char *why = engine_db_up(api->bd->engine) ? "starting" :
-			engine_db_error(api->bd->engine);
-		sb_puts(&sb, "{\"status\":\"not_ready\",\"reason\":");
-		json_append_string(&sb, why, strlen(why));
-		sb_putc(&sb, '}');
-		reply_plain(req, 503, sb.data);
-	}
-	sb_free(&sb);
-}
-
-/* ================================================================ setup */
 
 int api_parse_listen(const char *listen, char *host, size_t hostlen, int *port)
 {
@@ -830,9 +436,7 @@ int api_parse_listen(const char *listen, char *host, size_t hostlen, int *port)
 
 Api *api_new(Batchd *bd, char *err, size_t errlen)
 {
-	static const DbHandlers pool_handlers = { pool_on_connect, NULL, NULL };
-	char host[256], name[32];
-	struct timeval tv = { RATE_EVERY_MS / 1000, (RATE_EVERY_MS % 1000) * 1000 };
+	char host[256];
 	int port;
 	Api *api;
 
@@ -853,8 +457,8 @@ Api *api_new(Batchd *bd, char *err, size_t errlen)
 	/*
 	 * Bodies over max_body_size: evhttp refuses them while reading, before
 	 * our handler runs, and answers 413 through evhttp_send_error(), which
-	 * we replace (above) to keep the JSON error shape (likewise the 400 for
-	 * oversized headers or unparsable requests).  Lingering close reads and
+	 * api_req.c replaces to keep the JSON error shape (likewise the 400
+	 * for oversized headers or unparsable requests).  Lingering close reads and
 	 * drops the rest of the body first, so the client gets to read the 413
 	 * instead of a connection reset.
 	 */
@@ -864,8 +468,6 @@ Api *api_new(Batchd *bd, char *err, size_t errlen)
 	evhttp_set_allowed_methods(api->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
 				   EVHTTP_REQ_DELETE | EVHTTP_REQ_PUT | EVHTTP_REQ_PATCH |
 				   EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
-	evhttp_set_cb(api->http, "/healthz", handle_healthz, api);
-	evhttp_set_cb(api->http, "/readyz", handle_readyz, api);
 	evhttp_set_gencb(api->http, handle_api, api);
 	if (bd->listen_fds > 0) {
 		/* socket activation (batchd.socket): systemd passed the listeners,
@@ -888,14 +490,9 @@ Api *api_new(Batchd *bd, char *err, size_t errlen)
 		free(api);
 		return NULL;
 	}
-	for (int i = 0; i < API_POOL_SIZE; i++) {
-		snprintf(name, sizeof(name), "api-db-%d", i + 1);
-		api->pool[i] = db_new(bd->base, bd->cfg->database, name, &pool_handlers, api);
-		db_start(api->pool[i]);
-	}
-	api->reap_ev = event_new(bd->base, -1, 0, reap_cb, api);
-	api->rate_timer = evtimer_new(bd->base, rate_tick, api);
-	evtimer_add(api->rate_timer, &tv);
+	api_pool_open(api);
+	results_init(api);
+	api_status_init(api);
 	if (bd->listen_fds > 0)
 		log_info("listening on %d socket(s) passed by systemd", bd->listen_fds);
 	else
@@ -918,28 +515,15 @@ void api_free(Api *api)
 	api->closing = true;
 	/* Let go of the client side first: evhttp_free() frees the requests
 	 * still attached to connections; detached ones are ours. */
-	for (r = api->reqs; r; r = r->next) {
-		if (r->req) {
-			struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
-			if (evcon)
-				evhttp_connection_set_closecb(evcon, NULL, NULL);
-			else
-				evhttp_request_free(r->req);
-			r->req = NULL;
-		}
-		r->gone = true;
-		stream_stop(r);
-	}
-	/* Query callbacks run now (NULL results) and free their Reqs. */
-	for (int i = 0; i < API_POOL_SIZE; i++)
-		db_free(api->pool[i]);
+	for (r = api->reqs; r; r = r->next)
+		req_forget(r);
+	api_pool_close(api);
 	for (r = api->reqs; r; r = next) {
 		next = r->next;
 		req_free(r);
 	}
 	evhttp_free(api->http);
-	reap_cb(-1, 0, api);
-	event_free(api->reap_ev);
-	event_free(api->rate_timer);
+	results_free(api);
+	api_status_free(api);
 	free(api);
 }

@@ -1,48 +1,22 @@
 /*
- * api_batches.c - the batch endpoints of the REST API: one batch, the list
- * (newest first, keyset pages), its items, its progress, cancel, retry and
- * delete; and the rendering of result rows as JSON objects.
+ * api_batches.c - the batch endpoints of the REST API: submit (after
+ * api_submit.c's check, one statement, batchd.api_submit()), one batch,
+ * the list and the items pages (keyset cursors, base64url), progress, and
+ * cancel, retry, delete; and how a batch and an item render as JSON.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #include "batchd/api_req.h"
+#include "batchd/api_submit.h"
 #include "batchd/base64url.h"
 #include "batchd/json.h"
-
-/* One result row as a JSON object: columns first..first+n-1 named by cols. */
-void render_row(StrBuf *sb, const PGresult *res, int row, int first, const Col *cols, int n)
-{
-	sb_putc(sb, '{');
-	for (int i = 0; i < n; i++) {
-		int c = first + i;
-		const char *v;
-
-		if (i)
-			sb_putc(sb, ',');
-		json_append_string(sb, cols[i].name, strlen(cols[i].name));
-		sb_putc(sb, ':');
-		if (PQgetisnull(res, row, c)) {
-			sb_puts(sb, "null");
-			continue;
-		}
-		v = PQgetvalue(res, row, c);
-		switch (cols[i].kind) {
-		case CK_STR:
-			json_append_string(sb, v, (size_t)PQgetlength(res, row, c));
-			break;
-		case CK_NUM:
-		case CK_JSON:
-			sb_append(sb, v, (size_t)PQgetlength(res, row, c));
-			break;
-		case CK_BOOL:
-			sb_puts(sb, v[0] == 't' ? "true" : "false");
-			break;
-		}
-	}
-	sb_putc(sb, '}');
-}
+#include "batchd/status.h"
 
 /*
  * The batch object.  queued is derived: total minus what finished minus what
@@ -57,7 +31,7 @@ void render_row(StrBuf *sb, const PGresult *res, int row, int first, const Col *
 	"(SELECT count(*)::int AS n FROM batchd.items AS i " \
 	" WHERE i.batch_id = b.id AND i.status = 'running') AS run "
 
-static const Col batch_cols[] = {
+static const ApiCol batch_cols[] = {
 	{ "id", CK_STR }, { "name", CK_STR }, { "route", CK_STR }, { "status", CK_STR },
 	{ "priority", CK_NUM }, { "max_attempts", CK_NUM }, { "total", CK_NUM },
 	{ "queued", CK_NUM }, { "running", CK_NUM }, { "succeeded", CK_NUM },
@@ -69,13 +43,13 @@ static const Col batch_cols[] = {
 #define BATCH_COL_ID 0
 #define BATCH_COL_CREATED 12
 
-const Col item_cols[] = {
+const ApiCol api_item_cols[] = {
 	{ "id", CK_NUM }, { "seq", CK_NUM }, { "status", CK_STR }, { "attempts", CK_NUM },
 	{ "provider", CK_STR }, { "http_status", CK_NUM }, { "payload", CK_JSON },
 	{ "result", CK_JSON }, { "error", CK_STR }, { "started_at", CK_STR },
 	{ "finished_at", CK_STR },
 };
-const int item_ncols = (int)ARRAY_SIZE(item_cols);
+const int api_item_ncols = (int)ARRAY_SIZE(api_item_cols);
 
 /* ================================================================ endpoints */
 
@@ -86,16 +60,10 @@ static void step_batch(Req *r, PGresult *res)
 {
 	StrBuf sb;
 
-	if (!db_result_ok(res)) {
-		reply_db_error(r, res);
+	if (!req_batch_found(r, res))
 		return;
-	}
-	if (PQntuples(res) == 0) {
-		reply_error(r, 404, "no such batch");
-		return;
-	}
 	sb_init(&sb);
-	render_row(&sb, res, 0, 0, batch_cols, BATCH_NCOLS);
+	api_render_row(&sb, res, 0, 0, batch_cols, BATCH_NCOLS);
 	if (r->answer == 201 && r->req) {
 		char loc[64];
 		snprintf(loc, sizeof(loc), "/v1/batches/%s", PQgetvalue(res, 0, BATCH_COL_ID));
@@ -105,13 +73,37 @@ static void step_batch(Req *r, PGresult *res)
 	sb_free(&sb);
 }
 
-void read_batch(Req *r, bool same_db)
+static void read_batch(Req *r, bool same_db)
 {
 	const char *params[2] = { r->id, r->tenant };
 	req_query(r, same_db, get_batch_sql, 2, params, step_batch);
 }
 
+void ep_get(Req *r)
+{
+	read_batch(r, false);
+}
+
 /* ------------------------------------------------------------------ list */
+
+/* Close the page open in sb (its array) with next_cursor, the base64url of
+ * raw (NULL: no more pages, null), answer it and free sb. */
+static void reply_page(Req *r, StrBuf *sb, const char *raw, size_t len)
+{
+	sb_puts(sb, "],\"next_cursor\":");
+	if (raw) {
+		StrBuf cur;
+		sb_init(&cur);
+		base64url_encode(&cur, raw, len);
+		json_append_string(sb, cur.data, cur.len);
+		sb_free(&cur);
+	} else {
+		sb_puts(sb, "null");
+	}
+	sb_putc(sb, '}');
+	reply_json(r, 200, sb->data, sb->len);
+	sb_free(sb);
+}
 
 static void step_list(Req *r, PGresult *res)
 {
@@ -128,28 +120,21 @@ static void step_list(Req *r, PGresult *res)
 	for (int i = 0; i < n && i < r->limit; i++) {
 		if (i)
 			sb_putc(&sb, ',');
-		render_row(&sb, res, i, 0, batch_cols, BATCH_NCOLS);
+		api_render_row(&sb, res, i, 0, batch_cols, BATCH_NCOLS);
 	}
-	sb_puts(&sb, "],\"next_cursor\":");
 	if (n > r->limit) {
-		StrBuf raw, cur;
+		StrBuf raw;
 		sb_init(&raw);
-		sb_init(&cur);
 		sb_printf(&raw, "%s|%s", PQgetvalue(res, r->limit - 1, BATCH_COL_CREATED),
 			  PQgetvalue(res, r->limit - 1, BATCH_COL_ID));
-		b64url_encode(&cur, raw.data, raw.len);
-		json_append_string(&sb, cur.data, cur.len);
+		reply_page(r, &sb, raw.data, raw.len);
 		sb_free(&raw);
-		sb_free(&cur);
 	} else {
-		sb_puts(&sb, "null");
+		reply_page(r, &sb, NULL, 0);
 	}
-	sb_putc(&sb, '}');
-	reply_json(r, 200, sb.data, sb.len);
-	sb_free(&sb);
 }
 
-void do_list(Req *r)
+void ep_list(Req *r)
 {
 	char limit[16];
 	const char *params[5];
@@ -177,15 +162,9 @@ static void step_items(Req *r, PGresult *res)
 	StrBuf sb;
 	int n, shown = 0;
 
-	if (!db_result_ok(res)) {
-		reply_db_error(r, res);
+	if (!req_batch_found(r, res))
 		return;
-	}
 	n = PQntuples(res);
-	if (n == 0) {
-		reply_error(r, 404, "no such batch");
-		return;
-	}
 	sb_init(&sb);
 	sb_puts(&sb, "{\"items\":[");
 	for (int i = 0; i < n && i < r->limit; i++) {
@@ -193,25 +172,17 @@ static void step_items(Req *r, PGresult *res)
 			break;          /* the batch has no (such) items */
 		if (shown++)
 			sb_putc(&sb, ',');
-		render_row(&sb, res, i, 1, item_cols, item_ncols);
+		api_render_row(&sb, res, i, 1, api_item_cols, api_item_ncols);
 	}
-	sb_puts(&sb, "],\"next_cursor\":");
 	if (n > r->limit) {
-		StrBuf cur;
 		const char *seq = PQgetvalue(res, r->limit - 1, 2);
-		sb_init(&cur);
-		b64url_encode(&cur, seq, strlen(seq));
-		json_append_string(&sb, cur.data, cur.len);
-		sb_free(&cur);
+		reply_page(r, &sb, seq, strlen(seq));
 	} else {
-		sb_puts(&sb, "null");
+		reply_page(r, &sb, NULL, 0);
 	}
-	sb_putc(&sb, '}');
-	reply_json(r, 200, sb.data, sb.len);
-	sb_free(&sb);
 }
 
-void do_items(Req *r)
+void ep_items(Req *r)
 {
 	char limit[16];
 	const char *params[5];
@@ -245,14 +216,8 @@ static void step_progress(Req *r, PGresult *res)
 	bool terminal;
 	StrBuf sb;
 
-	if (!db_result_ok(res)) {
-		reply_db_error(r, res);
+	if (!req_batch_found(r, res))
 		return;
-	}
-	if (PQntuples(res) == 0) {
-		reply_error(r, 404, "no such batch");
-		return;
-	}
 	status = PQgetvalue(res, 0, 1);
 	total = atoll(PQgetvalue(res, 0, 2));
 	succeeded = atoll(PQgetvalue(res, 0, 3));
@@ -261,7 +226,7 @@ static void step_progress(Req *r, PGresult *res)
 	recent = atoll(PQgetvalue(res, 0, 6));
 	elapsed = atof(PQgetvalue(res, 0, 7));
 	done = succeeded + failed + cancelled;
-	terminal = strcmp(status, "pending") != 0 && strcmp(status, "processing") != 0;
+	terminal = status_batch_terminal(status);
 	/* over the last minute, or since the start when that is more recent */
 	window = elapsed < 1.0 ? 1.0 : elapsed > 60.0 ? 60.0 : elapsed;
 	rate = (double)recent / window;
@@ -284,7 +249,7 @@ static void step_progress(Req *r, PGresult *res)
 	sb_free(&sb);
 }
 
-void do_progress(Req *r)
+void ep_progress(Req *r)
 {
 	const char *params[2] = { r->id, r->tenant };
 
@@ -338,7 +303,7 @@ static void step_state_change(Req *r, PGresult *res)
 	}
 }
 
-void do_state_change(Req *r)
+void ep_state_change(Req *r)
 {
 	const char *params[2] = { r->tenant, r->id };
 	const char *sql = r->ep == EP_CANCEL ? "SELECT batchd.cancel_batch($1, $2::uuid)" :
@@ -346,5 +311,60 @@ void do_state_change(Req *r)
 		"SELECT batchd.delete_batch($1, $2::uuid)";
 
 	req_query(r, false, sql, 2, params, step_state_change);
+}
+
+static void step_submit(Req *r, PGresult *res)
+{
+	if (!db_result_ok(res)) {
+		reply_db_error(r, res);
+		return;
+	}
+	snprintf(r->id, sizeof(r->id), "%s", PQgetvalue(res, 0, 0));
+	r->answer = PQgetvalue(res, 0, 1)[0] == 't' ? 201 : 200;
+	read_batch(r, true);
+}
+
+void ep_submit(Req *r)
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
+	struct evbuffer *buf = evhttp_request_get_input_buffer(r->req);
+	const char *idem = evhttp_find_header(in, "Idempotency-Key");
+	const char *params[4];
+	char err[512];
+	size_t len;
+	char *body;
+
+	if (!api_is_json_content_type(evhttp_find_header(in, "Content-Type"))) {
+		reply_error(r, 415, "POST bodies must be JSON (Content-Type: application/json)");
+		return;
+	}
+	if (idem) {
+		size_t n = strlen(idem);
+		bool ok = n >= 1 && n <= 200;
+		for (size_t i = 0; ok && i < n; i++)
+			ok = idem[i] >= 0x20 && idem[i] < 0x7f;
+		if (!ok) {
+			reply_error(r, 400, "Idempotency-Key must be 1 to 200 printable ASCII characters");
+			return;
+		}
+		r->idem = xstrdup(idem);
+	}
+	len = evbuffer_get_length(buf);
+	evbuffer_add(buf, "", 1);   /* NUL-terminate: the body goes to SQL as text */
+	body = (char *)evbuffer_pullup(buf, -1);
+	if (api_submit_check(body, len, r->api->bd->cfg, &r->route, err, sizeof(err)) < 0) {
+		reply_error(r, 400, "%s", err);
+		return;
+	}
+
+	/* $3 is cast to jsonb once (the parameter's type becomes jsonb) */
+	params[0] = r->tenant;
+	params[1] = r->route;
+	params[2] = body;
+	params[3] = r->idem;
+	req_query(r, false,
+		  "SELECT s.id, s.created FROM batchd.api_submit($1, $2, $3::jsonb -> 'items', "
+		  "$3::jsonb - 'route'::text - 'items'::text, $4) AS s",
+		  4, params, step_submit);
 }
 

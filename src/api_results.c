@@ -1,26 +1,45 @@
 /*
- * api_results.c - GET /v1/batches/{id}/results: every item as NDJSON, chunked.
- *
- * Each stream gets a connection of its own (capped: API_MAX_STREAMS, then
- * 503) holding a read-only transaction with a cursor; rows are FETCHed a
- * bounded number at a time, sent as one chunk, and the next FETCH is sent
- * only when evhttp reports the chunk written to the socket, so memory is
- * bounded by one chunk whatever the batch size.  A lost database connection
- * mid-stream aborts the HTTP connection, so the client sees a truncated
- * chunked body, never a short but well-formed one.
+ * api_results.c - GET /v1/batches/{id}/results: every item as NDJSON,
+ * chunked.  Each stream gets a database connection of its own (capped:
+ * API_MAX_STREAMS, then 503) holding a read-only REPEATABLE READ
+ * transaction with a cursor; rows are FETCHed a bounded number at a time,
+ * sent as one chunk, and the next FETCH is sent only when evhttp reports the
+ * chunk written to the socket, so memory is bounded by one chunk whatever
+ * the batch size.  A lost database connection mid-stream aborts the HTTP
+ * connection, so the client sees a truncated chunked body, never a short
+ * but well-formed one.  Closed stream connections are freed from reap_ev,
+ * outside their own callbacks.
  */
+#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #include "batchd/api_req.h"
+#include "batchd/log.h"
 
-static void stream_fail(Req *r, const char *why);
+#define STREAM_FETCH_MAX 500        /* rows per FETCH */
+#define STREAM_CHUNK_TARGET (2 * 1024 * 1024) /* bytes per chunk we aim at */
+#define STREAM_CONNECT_MS 5000      /* a stream's connection must be up by then */
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+	Api *api = arg;
+
+	while (api->dead) {
+		DeadDb *d = api->dead;
+		api->dead = d->next;
+		db_free(d->db);
+		free(d);
+	}
+}
 
 /* Stop the stream's database side: no more callbacks act on it.  Safe inside
  * the stream connection's own callbacks (the Db is freed later, by reap_ev). */
-void stream_stop(Req *r)
+void results_stop(Req *r)
 {
 	Api *api = r->api;
 
@@ -63,7 +82,7 @@ static void stream_fail(Req *r, const char *why)
 
 	log_warn("api: results stream of batch %s failed after %llu item(s): %s", r->id,
 		 (unsigned long long)r->rows_sent, why);
-	stream_stop(r);
+	results_stop(r);
 	if (!sent) {
 		reply_error(r, 503, "database unavailable: %s", why);
 		return;
@@ -116,7 +135,7 @@ static void stream_on_rows(PGresult *res, void *arg)
 	n = PQntuples(res);
 	if (n == 0) {
 		struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
-		stream_stop(r);
+		results_stop(r);
 		if (evcon)
 			evhttp_connection_set_closecb(evcon, NULL, NULL);
 		evhttp_send_reply_end(r->req);
@@ -129,7 +148,7 @@ static void stream_on_rows(PGresult *res, void *arg)
 	/* one buffer for the whole chunk, handed to evbuffer without a copy */
 	sb_init(&chunk);
 	for (int i = 0; i < n; i++) {
-		render_row(&chunk, res, i, 0, item_cols, item_ncols);
+		api_render_row(&chunk, res, i, 0, api_item_cols, api_item_ncols);
 		sb_putc(&chunk, '\n');
 	}
 	bytes = chunk.len;
@@ -237,14 +256,8 @@ static void step_results(Req *r, PGresult *res)
 	Api *api = r->api;
 	struct timeval tv = { STREAM_CONNECT_MS / 1000, (STREAM_CONNECT_MS % 1000) * 1000 };
 
-	if (!db_result_ok(res)) {
-		reply_db_error(r, res);
+	if (!req_batch_found(r, res))
 		return;
-	}
-	if (PQntuples(res) == 0) {
-		reply_error(r, 404, "no such batch");
-		return;
-	}
 	if (r->head) {
 		evhttp_add_header(evhttp_request_get_output_headers(r->req), "Content-Type",
 				  "application/x-ndjson");
@@ -265,9 +278,21 @@ static void step_results(Req *r, PGresult *res)
 	db_start(r->sdb);
 }
 
-void do_results(Req *r)
+void ep_results(Req *r)
 {
 	const char *params[2] = { r->id, r->tenant };
 	req_query(r, false, "SELECT 1 FROM batchd.batches WHERE id = $1::uuid AND tenant = $2",
 		  2, params, step_results);
+}
+
+void results_init(Api *api)
+{
+	api->reap_ev = event_new(api->bd->base, -1, 0, reap_cb, api);
+}
+
+/* After every stream is stopped: free the closed connections. */
+void results_free(Api *api)
+{
+	reap_cb(-1, 0, api);
+	event_free(api->reap_ev);
 }

@@ -1,20 +1,24 @@
 /*
- * api_status.c - GET /v1/status: this worker (engine figures, the rate over
- * the last minute from samples every RATE_EVERY_MS), its providers, the
- * fleet's workers and the database.
+ * api_status.c - what the API says about this worker and the fleet:
+ * GET /v1/status (the worker, its engine's counters and recent rate, the
+ * database, the fleet's heartbeats, the providers' live state, the routes)
+ * and the token-free probes /healthz (the process answers) and /readyz
+ * (engine_is_ready(), else why not).  /metrics is metrics.c's.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #include "batchd/api_req.h"
 #include "batchd/engine.h"
 #include "batchd/json.h"
 
-/* ------------------------------------------------------------------ status */
-
-void rate_tick(evutil_socket_t fd, short what, void *arg)
+static void rate_tick(evutil_socket_t fd, short what, void *arg)
 {
 	Api *api = arg;
 	EngineStats st;
@@ -90,14 +94,14 @@ static void step_status(Req *r, PGresult *res)
 	else
 		json_append_string(&sb, dberr, strlen(dberr));
 	sb_printf(&sb, ",\"api_connections\":%d,\"api_connections_ready\":%d}",
-		  API_POOL_SIZE, pool_ready(api));
+		  API_POOL_SIZE, api_pool_ready(api));
 
 	sb_printf(&sb, ",\"api\":{\"requests\":%d,\"streams\":%d,\"max_streams\":%d}",
 		  api->nreqs, api->nstreams, API_MAX_STREAMS);
 
 	sb_puts(&sb, ",\"fleet\":[");
 	for (int i = 0; i < PQntuples(res); i++) {
-		static const Col fleet_cols[] = {
+		static const ApiCol fleet_cols[] = {
 			{ "id", CK_STR }, { "hostname", CK_STR }, { "pid", CK_NUM },
 			{ "version", CK_STR }, { "started_at", CK_STR }, { "heartbeat_at", CK_STR },
 			{ "inflight", CK_NUM }, { "heartbeat_age_s", CK_NUM },
@@ -105,7 +109,7 @@ static void step_status(Req *r, PGresult *res)
 		double age = atof(PQgetvalue(res, i, 7));
 		if (i)
 			sb_putc(&sb, ',');
-		render_row(&sb, res, i, 0, fleet_cols, (int)ARRAY_SIZE(fleet_cols));
+		api_render_row(&sb, res, i, 0, fleet_cols, (int)ARRAY_SIZE(fleet_cols));
 		sb.len--;   /* reopen the object */
 		sb_printf(&sb, ",\"alive\":%s,\"self\":%s}",
 			  age * 1000.0 < (double)api->bd->cfg->lease_timeout_ms ? "true" : "false",
@@ -114,10 +118,12 @@ static void step_status(Req *r, PGresult *res)
 	sb_puts(&sb, "]");
 
 	/*
-	 * Providers: the configured figures, then the live ones from the engine
-	 * (engine_provider_stats: breaker state, tokens in the bucket, transfers
-	 * in flight, recent rate); a provider the engine does not know (yet)
-	 * has them null and the breaker state "unknown".
+	 * Providers: the configured figures, then the live ones the engine
+	 * keeps (engine_provider_stats(): breaker state, tokens in the bucket,
+	 * transfers in flight and queued, request and error rates, the last
+	 * PROVIDER_HISTORY_S seconds).  A provider the engine has no state for
+	 * (not, or no longer, in its configuration) gets nulls and the breaker
+	 * state "unknown".
 	 */
 	sb_puts(&sb, ",\"providers\":[");
 	for (int i = 0; i < api->bd->cfg->nproviders; i++) {
@@ -170,7 +176,7 @@ static void step_status(Req *r, PGresult *res)
 	sb_free(&sb);
 }
 
-void do_status(Req *r)
+void ep_status(Req *r)
 {
 	static const char sql[] =
 		"SELECT w.id, w.hostname, w.pid, w.version, batchd.api_ts(w.started_at), "
@@ -181,3 +187,69 @@ void do_status(Req *r)
 	req_query(r, false, sql, 0, NULL, step_status);
 }
 
+static void reply_plain(struct evhttp_request *req, int code, const char *body)
+{
+	struct evbuffer *buf = evbuffer_new();
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evhttp_add_header(h, "Cache-Control", "no-store");
+	evbuffer_add(buf, body, strlen(body));
+	evbuffer_add(buf, "\n", 1);
+	evhttp_send_reply(req, code, NULL, buf);
+	evbuffer_free(buf);
+}
+
+static bool method_is_get(struct evhttp_request *req)
+{
+	enum evhttp_cmd_type m = evhttp_request_get_command(req);
+	if (m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD)
+		return true;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+	reply_plain(req, 405, "{\"error\":{\"code\":\"method_not_allowed\",\"message\":"
+		    "\"this endpoint accepts GET and HEAD\"}}");
+	return false;
+}
+
+static void handle_healthz(struct evhttp_request *req, void *arg)
+{
+	if (!method_is_get(req))
+		return;
+	reply_plain(req, 200, "{\"status\":\"ok\"}");
+}
+
+static void handle_readyz(struct evhttp_request *req, void *arg)
+{
+	Api *api = arg;
+	StrBuf sb;
+
+	if (!method_is_get(req))
+		return;
+	sb_init(&sb);
+	if (engine_is_ready(api->bd->engine)) {
+		reply_plain(req, 200, "{\"status\":\"ready\"}");
+	} else {
+		const char *why = engine_db_up(api->bd->engine) ? "starting" :
+			engine_db_error(api->bd->engine);
+		sb_puts(&sb, "{\"status\":\"not_ready\",\"reason\":");
+		json_append_string(&sb, why, strlen(why));
+		sb_putc(&sb, '}');
+		reply_plain(req, 503, sb.data);
+	}
+	sb_free(&sb);
+}
+
+void api_status_init(Api *api)
+{
+	struct timeval tv = { RATE_EVERY_MS / 1000, (RATE_EVERY_MS % 1000) * 1000 };
+
+	evhttp_set_cb(api->http, "/healthz", handle_healthz, api);
+	evhttp_set_cb(api->http, "/readyz", handle_readyz, api);
+	api->rate_timer = evtimer_new(api->bd->base, rate_tick, api);
+	evtimer_add(api->rate_timer, &tv);
+}
+
+void api_status_free(Api *api)
+{
+	event_free(api->rate_timer);
+}

@@ -1,20 +1,26 @@
 /*
- * api_submit.c - POST /v1/batches: the body is checked in C by yajl's event
- * parser (types, ranges, unknown or duplicate fields, depth <= API_MAX_DEPTH,
- * no tree, so memory stays linear in the body), then stored by one statement,
- * batchd.api_submit(), which checks again (SQLSTATE 22023 -> 400) and inserts
- * all items in one INSERT ... SELECT.
+ * api_submit.c - the check POST /v1/batches runs on a body before any
+ * query (see api_submit.h).  yajl's event parser, no tree, so memory stays
+ * linear in the body: types, ranges, unknown or duplicate fields, depth <=
+ * API_MAX_DEPTH; then json.c's strict scanner (UTF-8, one value, what jsonb
+ * refuses) and the route against the configuration.  No server, database
+ * or event loop is needed (tests/fuzz/fuzz_submit.c links it alone).
  */
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <event2/buffer.h>
 #include <yajl/yajl_parse.h>
 
-#include "batchd/api_req.h"
+#include "batchd/api_submit.h"
 #include "batchd/json.h"
+#include "batchd/log.h"
+
+#define API_MAX_DEPTH 64            /* JSON nesting in a request body */
 
 /* A JSON number (its text) that is an integer from lo to hi; 5.0 counts,
  * as it does for batchd.submit_batch. */
@@ -33,8 +39,6 @@ static bool json_int_in_range(const char *s, size_t len, int lo, int hi)
 		return false;
 	return d >= lo && d <= hi;
 }
-
-/* ------------------------------------------------------------------ submit */
 
 enum SubKey { SK_NONE = -1, SK_ROUTE, SK_ITEMS, SK_NAME, SK_PRIORITY, SK_MAX_ATTEMPTS,
 	      SK_GROUP_KEY, SK_METADATA, SK_COUNT };
@@ -275,72 +279,25 @@ static int submit_check(const Config *cfg, const char *body, size_t len, SubmitC
 	return c->err[0] ? -1 : 0;
 }
 
-int api_validate_submit(const char *body, size_t len, const Config *cfg,
-			char *err, size_t errlen)
+int api_submit_check(const char *body, size_t len, const Config *cfg, char **route,
+		     char *err, size_t errlen)
 {
 	SubmitCheck c;
 	int rc = submit_check(cfg, body, len, &c);
 
 	if (errlen)
 		snprintf(err, errlen, "%s", c.err);
+	if (rc == 0 && route) {
+		*route = c.route;
+		c.route = NULL;
+	}
 	free(c.route);
 	return rc;
 }
 
-static void step_submit(Req *r, PGresult *res)
+int api_validate_submit(const char *body, size_t len, const Config *cfg,
+			char *err, size_t errlen)
 {
-	if (!db_result_ok(res)) {
-		reply_db_error(r, res);
-		return;
-	}
-	snprintf(r->id, sizeof(r->id), "%s", PQgetvalue(res, 0, 0));
-	r->answer = PQgetvalue(res, 0, 1)[0] == 't' ? 201 : 200;
-	read_batch(r, true);
-}
-
-void do_submit(Req *r)
-{
-	struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
-	struct evbuffer *buf = evhttp_request_get_input_buffer(r->req);
-	const char *idem = evhttp_find_header(in, "Idempotency-Key");
-	const char *params[4];
-	SubmitCheck c;
-	size_t len;
-	char *body;
-
-	if (!is_json_content_type(evhttp_find_header(in, "Content-Type"))) {
-		reply_error(r, 415, "POST bodies must be JSON (Content-Type: application/json)");
-		return;
-	}
-	if (idem) {
-		size_t n = strlen(idem);
-		bool ok = n >= 1 && n <= 200;
-		for (size_t i = 0; ok && i < n; i++)
-			ok = idem[i] >= 0x20 && idem[i] < 0x7f;
-		if (!ok) {
-			reply_error(r, 400, "Idempotency-Key must be 1 to 200 printable ASCII characters");
-			return;
-		}
-		r->idem = xstrdup(idem);
-	}
-	len = evbuffer_get_length(buf);
-	evbuffer_add(buf, "", 1);   /* NUL-terminate: the body goes to SQL as text */
-	body = (char *)evbuffer_pullup(buf, -1);
-	if (submit_check(r->api->bd->cfg, body, len, &c) < 0) {
-		free(c.route);
-		reply_error(r, 400, "%s", c.err);
-		return;
-	}
-	r->route = c.route;
-
-	/* $3 is cast to jsonb once (the parameter's type becomes jsonb) */
-	params[0] = r->tenant;
-	params[1] = r->route;
-	params[2] = body;
-	params[3] = r->idem;
-	req_query(r, false,
-		  "SELECT s.id, s.created FROM batchd.api_submit($1, $2, $3::jsonb -> 'items', "
-		  "$3::jsonb - 'route'::text - 'items'::text, $4) AS s",
-		  4, params, step_submit);
+	return api_submit_check(body, len, cfg, NULL, err, errlen);
 }
 

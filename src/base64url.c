@@ -1,5 +1,5 @@
 /*
- * base64url.c - RFC 4648 section 5 base64url without padding (see base64url.h).
+ * base64url.c - RFC 4648 base64url, unpadded (see base64url.h).
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -9,7 +9,7 @@
 
 static const char b64u[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-void b64url_encode(StrBuf *sb, const char *data, size_t len)
+void base64url_encode(StrBuf *sb, const char *data, size_t len)
 {
 	const unsigned char *s = (const unsigned char *)data;
 	size_t i;
@@ -34,7 +34,7 @@ void b64url_encode(StrBuf *sb, const char *data, size_t len)
 }
 
 /* Strict: alphabet only, no padding, canonical.  Returns the length or -1. */
-int b64url_decode(const char *s, char *out, size_t cap)
+int base64url_decode(const char *s, char *out, size_t cap)
 {
 	size_t len = strlen(s), n = 0, i;
 	uint32_t acc = 0;
@@ -58,7 +58,7 @@ int b64url_decode(const char *s, char *out, size_t cap)
 	out[n] = '\0';
 	/* canonical: re-encoding gives the input back (unused bits zero) */
 	sb_init(&check);
-	b64url_encode(&check, out, n);
+	base64url_encode(&check, out, n);
 	ok = check.data && strcmp(check.data, s) == 0;
 	sb_free(&check);
 	return ok ? (int)n : -1;

@@ -37,7 +37,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "batchd/json.h"
-#include "batchd/status_names.h"
+#include "batchd/status.h"
 #include "batchd/util.h"
 
 #ifndef PACKAGE_VERSION
@@ -276,7 +276,6 @@ static bool token_ok(const char *t)
 	return true;
 }
 
-
 /*
  * Parse an RFC 3339 timestamp as the API writes it (also PostgreSQL's
  * "2026-01-02 03:04:05.123+00") into seconds since the epoch.
@@ -430,7 +429,8 @@ static void table_print(const Table *t)
 		w[c] = utf8_count(t->head[c], strlen(t->head[c]));
 	for (r = 0; r < t->nrows; r++)
 		for (c = 0; c < t->ncols; c++) {
-			size_t cw = utf8_count(t->cells[r * t->ncols + c], strlen(t->cells[r * t->ncols + c]));
+			const char *cell = t->cells[r * t->ncols + c];
+			size_t cw = utf8_count(cell, strlen(cell));
 
 			if (cw > w[c])
 				w[c] = cw;
@@ -1349,7 +1349,7 @@ static void progress_figures(StrBuf *sb, const Progress *pg)
 {
 	sb_printf(sb, "%" PRId64 "/%" PRId64 "  %5.1f%%  %.1f/s  ETA ", pg->done, pg->total,
 		  pg->percent, pg->rate);
-	if (batch_status_terminal(pg->status))
+	if (status_batch_terminal(pg->status))
 		sb_putc(sb, '-');
 	else
 		fmt_duration(sb, pg->eta);
@@ -1507,7 +1507,7 @@ static int watch_run(Ctl *ctl, const char *id, FILE *f, bool ndjson, int64_t int
 		yajl_tree_free(v);
 		have = true;
 		last = pg;
-		if (batch_status_terminal(pg.status)) {
+		if (status_batch_terminal(pg.status)) {
 			if (drawn)
 				fputc('\n', f);
 			if (!ndjson)
@@ -1820,10 +1820,9 @@ static int cmd_status(Ctl *ctl, const Command *cmd, int argc, char **argv)
 		switch (c) {
 		case OPT_STATUS:
 			status = optarg;
-			if (!str_in_list(status, batch_statuses))
-				rc = usage_error(cmd, "--status must be one of pending, "
-						 "processing, completed, completed_with_errors, "
-						 "failed, cancelled");
+			if (!status_is_batch(status))
+				rc = usage_error(cmd, "--status must be one of "
+						 STATUS_BATCH_NAMES_TEXT);
 			break;
 		case OPT_LIMIT:
 			rc = opt_int(cmd, "--limit", optarg, 1, 10000, &limit);
@@ -2276,9 +2275,9 @@ static int cmd_results(Ctl *ctl, const Command *cmd, int argc, char **argv)
 		switch (c) {
 		case OPT_STATUS:
 			status = optarg;
-			if (!str_in_list(status, item_statuses))
-				rc = usage_error(cmd, "--status must be one of queued, running, "
-						 "succeeded, failed, cancelled");
+			if (!status_is_item(status))
+				rc = usage_error(cmd, "--status must be one of "
+						 STATUS_ITEM_NAMES_TEXT);
 			break;
 		case OPT_FORMAT:
 			if (strcmp(optarg, "jsonl") == 0)

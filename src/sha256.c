@@ -1,16 +1,13 @@
 /*
- * sha256.c - FIPS 180-4 SHA-256, for bearer tokens only (see sha256.h).
+ * sha256.c - FIPS 180-4 SHA-256 (see sha256.h).
  */
 #include <stdint.h>
 #include <string.h>
 
 #include "batchd/sha256.h"
 
-/*
- * FIPS 180-4 SHA-256, for bearer tokens only: the token is hashed here and
- * only its hash goes to the database.  Small enough not to add a crypto
- * library to the daemon's dependencies.
- */
+/* the first 32 bits of the fractional parts of the cube roots of the first
+ * 64 primes (FIPS 180-4 4.2.2) */
 static const uint32_t sha_k[64] = {
 	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
 	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -79,4 +76,3 @@ void sha256_hex(const char *data, size_t len, char out[65])
 	}
 	out[64] = '\0';
 }
-

@@ -219,30 +219,27 @@ size_t utf8_seq(const unsigned char *s, size_t avail, size_t *bad)
 	return n;
 }
 
-size_t utf8_count(const char *s, size_t len)
-{
-	size_t n = 0;
-
-	for (size_t i = 0; i < len; i++)
-		if (((unsigned char)s[i] & 0xC0) != 0x80)
-			n++;
-	return n;
-}
-
 bool utf8_valid(const char *s, size_t len)
 {
 	const unsigned char *p = (const unsigned char *)s;
-	size_t i = 0, bad, n;
+	size_t i = 0, n, bad;
 
 	while (i < len) {
-		if (p[i] == 0)
-			return false;
-		n = utf8_seq(p + i, len - i, &bad);
-		if (n == 0)
+		if (p[i] == 0 || (n = utf8_seq(p + i, len - i, &bad)) == 0)
 			return false;
 		i += n;
 	}
 	return true;
+}
+
+size_t utf8_count(const char *s, size_t len)
+{
+	size_t n = 0, i;
+
+	for (i = 0; i < len; i++)
+		if (((unsigned char)s[i] & 0xC0) != 0x80)
+			n++;
+	return n;
 }
 
 bool str_in_list(const char *s, const char *const *list)

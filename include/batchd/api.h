@@ -2,11 +2,10 @@
  * api.h - the evhttp server on the main loop: health and readiness, and the
  * REST API under /v1 (bearer tokens, one tenant per token; see api.c for the
  * endpoints and how requests, streams and vanished clients are handled).
+ * The submit body check is api_submit.h.
  */
 #ifndef BATCHD_API_H
 #define BATCHD_API_H
-
-#include <stdint.h>
 
 #include "batchd/batchd.h"
 
@@ -21,14 +20,6 @@ void api_free(Api *api);
 /* Serve an exact path (no token checked), e.g. "/metrics". 0 or -1. */
 int api_add_handler(Api *api, const char *path,
 		    void (*cb)(struct evhttp_request *req, void *arg), void *arg) _MUSTCHECK;
-
-/*
- * The check POST /v1/batches runs on a body before any query (JSON shape,
- * types, ranges, route configured in cfg), without a server: 0, or -1 with
- * the 400 message in err.  body need not be NUL-terminated.
- */
-int api_validate_submit(const char *body, size_t len, const Config *cfg,
-			char *err, size_t errlen) _MUSTCHECK;
 
 /* Split "host:port" / "[v6]:port" into parts; 0 or -1. */
 int api_parse_listen(const char *listen, char *host, size_t hostlen, int *port) _MUSTCHECK;

@@ -1,9 +1,9 @@
 /*
- * api_req.h - what the files of the REST API share: the server (Api), a
- * request (Req) and its steps, the replies, the query pool and the rendering
- * of result rows.  Included by api.c (server, routing, request lifecycle,
- * auth), api_batches.c (batch endpoints), api_submit.c (POST /v1/batches),
- * api_status.c (GET /v1/status) and api_results.c (NDJSON streams) only.
+ * api_req.h - what the REST API's files share (internal to api*.c; nothing
+ * else includes it): the server state Api, the request context Req, the
+ * request lifecycle and answers (api_req.c), the endpoint handlers the
+ * route table of api.c names, and the results streams' hooks.  See api.c
+ * for how a request runs.
  */
 #ifndef BATCHD_API_REQ_H
 #define BATCHD_API_REQ_H
@@ -11,28 +11,21 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <event2/event.h>
-#include <event2/http.h>
 #include <libpq-fe.h>
 
-#include "batchd/api.h"
+#include "batchd/batchd.h"
 #include "batchd/db.h"
-#include "batchd/log.h"
-#include "batchd/util.h"
+
+struct evhttp;
+struct evhttp_connection;
+struct evhttp_request;
+struct evbuffer;
+struct event;
 
 #define API_POOL_SIZE 3             /* connections for request queries */
 #define API_MAX_STREAMS 16          /* concurrent results streams */
-#define API_TIMEOUT_S 60            /* idle read/write on a client connection */
-#define API_MAX_HEADERS (64 * 1024) /* request line + headers */
-#define API_MAX_DEPTH 64            /* JSON nesting in a request body */
-#define API_DEFAULT_LIMIT 100
+#define API_DEFAULT_LIMIT 100       /* page size of list and items */
 #define API_MAX_LIMIT 1000
-#define API_TOKEN_MAX 512
-#define API_STATEMENT_TIMEOUT "120s"
-
-#define STREAM_FETCH_MAX 500        /* rows per FETCH */
-#define STREAM_CHUNK_TARGET (2 * 1024 * 1024) /* bytes per chunk we aim at */
-#define STREAM_CONNECT_MS 5000      /* a stream's connection must be up by then */
 
 #define RATE_SLOTS 13               /* samples of the engine's counters ... */
 #define RATE_EVERY_MS 5000          /* ... every 5 s: the last minute */
@@ -53,6 +46,8 @@ enum StreamState {
 typedef struct Req Req;
 typedef void (*req_step_fn)(Req *r, PGresult *res);
 
+/* One request, from its arrival until its answer is sent AND no database
+ * callback naming it is due (busy == 0). */
 struct Req {
 	Req *prev, *next;           /* api->reqs */
 	Api *api;
@@ -81,7 +76,7 @@ struct Req {
 	char *idem;
 	int answer;                 /* 200 or 201 after the follow-up read */
 
-	/* results stream */
+	/* results stream (api_results.c) */
 	enum StreamState sstate;
 	Db *sdb;
 	struct event *stimer;       /* connect timeout, then deferred abort */
@@ -110,65 +105,87 @@ struct Api {
 	int nstreams;
 	DeadDb *dead;               /* closed stream connections, freed by reap_ev */
 	struct event *reap_ev;
-	struct event *rate_timer;
+	struct event *rate_timer;   /* api_status.c */
 	RateSample rate[RATE_SLOTS];
 	int rate_pos;
 	int64_t started_us;         /* realtime */
 	bool closing;
 };
 
+/* ---------------------------------------------------------- api_req.c */
 
-/* ---------------------------------------------------------------- api.c */
-
-/* Free a Req whose client went away (its answer will never be sent). */
+Req *req_new(Api *api, struct evhttp_request *req);
+void req_free(Req *r);
+/* Let go of the client side (the request, the stream), never answer. */
+void req_forget(Req *r);
+/* req_forget, then free the Req unless a query callback is due. */
 void req_drop(Req *r);
-/* Send the final answer (evhttp owns the request from then on). */
+/* evhttp close callback of the connection of a request in progress. */
+void req_on_conn_close(struct evhttp_connection *evcon, void *arg);
+/* Final answer (body may be NULL); the Req is gone afterwards. */
 void req_send(Req *r, int status, struct evbuffer *body);
 void reply_json(Req *r, int status, const char *body, size_t len);
-/* {"error":{"code":...,"message":...}} with the code for the status. */
 void reply_error(Req *r, int status, const char *fmt, ...) _PRINTF(3, 4);
-/* A failed query: 400/404/409/503 from its SQLSTATE. */
+/* A failed query (res NULL: connection lost) as 400/409/503/500. */
 void reply_db_error(Req *r, PGresult *res);
-/* Pool connections up. */
-int pool_ready(const Api *api);
-/* Run one step's query (see api.c). */
+/* A query for one batch of the tenant: true when it found a row, else it
+ * answered (the error, or 404 "no such batch"). */
+bool req_batch_found(Req *r, PGresult *res);
+/* Run one step's query; same_db: on the previous step's connection.  On
+ * failure to queue it answers 503 (and the Req is gone). */
 void req_query(Req *r, bool same_db, const char *sql, int n, const char *const *params,
 	       req_step_fn step);
-bool is_json_content_type(const char *ct);
 
-/* ---------------------------------------------------------------- api_batches.c */
+/* The pool of request connections. */
+void api_pool_open(Api *api);
+void api_pool_close(Api *api);
+int api_pool_ready(const Api *api);
+const char *api_pool_error(const Api *api);
 
-enum ColKind { CK_STR, CK_NUM, CK_JSON, CK_BOOL };
-
-typedef struct Col {
-	const char *name;
-	enum ColKind kind;
-} Col;
+/* Checks shared by the router and the endpoints. */
+bool api_parse_uuid(const char *s, char out[37]);
+bool api_is_json_content_type(const char *ct);
 
 /* One result row as a JSON object: columns first..first+n-1 named by cols. */
-void render_row(StrBuf *sb, const PGresult *res, int row, int first, const Col *cols, int n);
+enum ColKind { CK_STR, CK_NUM, CK_JSON, CK_BOOL };
+typedef struct ApiCol {
+	const char *name;
+	enum ColKind kind;
+} ApiCol;
+void api_render_row(StrBuf *sb, const PGresult *res, int row, int first, const ApiCol *cols,
+		    int n);
 
-/* The item object's columns, and their names and kinds. */
+/* ------------------------------------------------------ api_batches.c */
+
+/* The item object: ITEM_COLS selected from batchd.items AS i, rendered by
+ * api_item_cols (the items page and the results stream). */
 #define ITEM_COLS \
 	"i.id, i.seq, i.status, i.attempts, i.provider, i.http_status, i.payload, i.result, " \
 	"i.error, batchd.api_ts(i.started_at) AS started, batchd.api_ts(i.finished_at) AS finished"
-extern const Col item_cols[];
-extern const int item_ncols;
+extern const ApiCol api_item_cols[];
+extern const int api_item_ncols;
 
-/* GET /v1/batches/{id} (also the answer after submit, cancel and retry). */
-void read_batch(Req *r, bool same_db);
-void do_list(Req *r);
-void do_items(Req *r);
-void do_progress(Req *r);
-void do_state_change(Req *r);   /* cancel, retry, delete */
+/* Endpoint handlers, run after authentication and the router's checks. */
+void ep_list(Req *r);
+void ep_submit(Req *r);
+void ep_get(Req *r);
+void ep_items(Req *r);
+void ep_progress(Req *r);
+void ep_state_change(Req *r);           /* cancel, retry, delete */
 
-/* ---------------------------------------------------------------- the others */
+/* ------------------------------------------------------ api_results.c */
 
-void do_submit(Req *r);          /* api_submit.c */
-void rate_tick(evutil_socket_t fd, short what, void *arg);   /* api_status.c */
-void do_status(Req *r);
-void do_results(Req *r);         /* api_results.c */
-/* Stop a stream's database side: no more callbacks act on it. */
-void stream_stop(Req *r);
+void ep_results(Req *r);
+void results_init(Api *api);
+void results_free(Api *api);
+/* Stop the request's stream, if any: no more callbacks act on it. */
+void results_stop(Req *r);
+
+/* ------------------------------------------------------- api_status.c */
+
+void ep_status(Req *r);
+/* /healthz, /readyz and the rate sampling of /v1/status. */
+void api_status_init(Api *api);
+void api_status_free(Api *api);
 
 #endif /* BATCHD_API_REQ_H */

@@ -1,7 +1,7 @@
 /*
- * sha256.h - FIPS 180-4 SHA-256, for bearer tokens only: the token is hashed
- * and only its hash goes to the database.  Small enough not to add a crypto
- * library to the daemon's dependencies.
+ * sha256.h - FIPS 180-4 SHA-256, for bearer tokens only: the API hashes a
+ * token here and only its hash goes to the database.  Small enough not to
+ * add a crypto library to the daemon's dependencies.
  */
 #ifndef BATCHD_SHA256_H
 #define BATCHD_SHA256_H

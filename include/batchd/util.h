@@ -1,6 +1,7 @@
 /*
  * util.h - small helpers shared by every module: attributes, a growable
- * string buffer, clocks and unit parsing (durations, sizes, rates).
+ * string buffer, UTF-8 checks, clocks and unit parsing (durations, sizes,
+ * rates).
  */
 #ifndef BATCHD_UTIL_H
 #define BATCHD_UTIL_H
@@ -42,12 +43,15 @@ void sb_put_json_string(StrBuf *sb, const char *s, size_t len);
  * no overlong forms, no surrogates, nothing past U+10FFFF), or 0 when
  * ill-formed; then *bad is the length of the maximal invalid subpart. */
 size_t utf8_seq(const unsigned char *s, size_t avail, size_t *bad);
-/* Number of code points of UTF-8 text (continuation bytes do not count): a
- * display width for tables, a length as PostgreSQL counts characters. */
-size_t utf8_count(const char *s, size_t len);
-/* Strict UTF-8 as jsonb takes it (utf8_seq's rules) and no NUL byte. */
+/* Well-formed UTF-8 (every sequence passes utf8_seq) without a NUL byte:
+ * what PostgreSQL's text and jsonb accept. */
 bool utf8_valid(const char *s, size_t len);
-/* s is one of the NULL-terminated list. */
+/* Number of code points in s[0..len), counted as the bytes that are not
+ * continuation bytes (10xxxxxx); exact for valid UTF-8 (a length limit in
+ * characters, a column width in batchctl's tables). */
+size_t utf8_count(const char *s, size_t len);
+
+/* s equals one of the strings of the NULL-terminated list. */
 bool str_in_list(const char *s, const char *const *list);
 
 /* Allocation that aborts on out-of-memory (a daemon cannot go on without). */

@@ -30,7 +30,7 @@
 
 #include <yajl/yajl_tree.h>
 
-#include "batchd/api.h"
+#include "batchd/api_submit.h"
 #include "batchd/json.h"
 
 #define MAX_DEPTH 64

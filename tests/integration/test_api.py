@@ -843,7 +843,7 @@ def test_body_over_max_body_size_is_413(db, conn, mock, batchd_factory):
     big = {"route": ROUTE, "items": [{"id": i, "pad": "z" * 100} for i in range(1000)]}
     r = api.a.post("/v1/batches", big)
     # evhttp refuses the body before batchd's handler runs; batchd's
-    # evhttp_send_error (src/api.c) gives the answer the JSON error shape
+    # evhttp_send_error (src/api_req.c) gives the answer the JSON error shape
     assert_error(r, 413)
     assert "max_body_size" in r.json()["error"]["message"]
     assert counts(conn) == before

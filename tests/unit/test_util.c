@@ -1,5 +1,5 @@
 /*
- * test_util.c - unit tests for util.c (and log.c output).
+ * test_util.c - unit tests for util.c (and log.c output, status.c names).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "batchd/log.h"
+#include "batchd/status.h"
 #include "batchd/util.h"
 
 static void assert_duration(const char *s, int64_t want)
@@ -498,6 +499,79 @@ static void test_log_parse(void **state)
 	assert_int_equal(log_parse_format("xml", &f), -1);
 }
 
+static void test_utf8_valid(void **state)
+{
+	(void)state;
+	assert_true(utf8_valid("", 0));
+	assert_true(utf8_valid("plain", 5));
+	assert_true(utf8_valid("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14));
+	assert_true(utf8_valid("\xf4\x8f\xbf\xbf", 4));          /* U+10FFFF */
+	assert_false(utf8_valid("a\0b", 3));                       /* NUL */
+	assert_false(utf8_valid("\xc0\xaf", 2));                   /* overlong */
+	assert_false(utf8_valid("\xe0\x80\xaf", 3));               /* overlong */
+	assert_false(utf8_valid("\xed\xa0\x80", 3));               /* surrogate */
+	assert_false(utf8_valid("\xf4\x90\x80\x80", 4));           /* > U+10FFFF */
+	assert_false(utf8_valid("\xe2\x82", 2));                   /* truncated */
+	assert_false(utf8_valid("\x80", 1));                       /* lone continuation */
+	assert_false(utf8_valid("\xff", 1));
+	/* the length counts, not a NUL terminator */
+	assert_true(utf8_valid("\xe2\x82\xac", 3));
+	assert_false(utf8_valid("\xe2\x82\xac", 2));
+}
+
+static void test_utf8_count(void **state)
+{
+	(void)state;
+	assert_int_equal(utf8_count("", 0), 0);
+	assert_int_equal(utf8_count("abc", 3), 3);
+	assert_int_equal(utf8_count("caf\xc3\xa9", 5), 4);
+	assert_int_equal(utf8_count("\xe2\x82\xac\xf0\x9f\x98\x80", 7), 2);
+	assert_int_equal(utf8_count("abc", 2), 2);
+}
+
+static void test_str_in_list(void **state)
+{
+	static const char *const list[] = { "a", "bc", NULL };
+
+	(void)state;
+	assert_true(str_in_list("a", list));
+	assert_true(str_in_list("bc", list));
+	assert_false(str_in_list("b", list));
+	assert_false(str_in_list("", list));
+}
+
+/* the message texts list the names in order */
+static void assert_joined(const char *const *names, const char *text)
+{
+	StrBuf sb;
+
+	sb_init(&sb);
+	for (int i = 0; names[i]; i++)
+		sb_printf(&sb, "%s%s", i ? ", " : "", names[i]);
+	assert_string_equal(sb.data, text);
+	sb_free(&sb);
+}
+
+static void test_status_names(void **state)
+{
+	(void)state;
+	assert_joined(status_batch_names, STATUS_BATCH_NAMES_TEXT);
+	assert_joined(status_item_names, STATUS_ITEM_NAMES_TEXT);
+	assert_true(status_is_batch("completed_with_errors"));
+	assert_false(status_is_batch("queued"));
+	assert_true(status_is_item("queued"));
+	assert_false(status_is_item("pending"));
+	assert_false(status_is_item(NULL));
+	assert_false(status_batch_terminal("pending"));
+	assert_false(status_batch_terminal("processing"));
+	assert_true(status_batch_terminal("completed"));
+	assert_true(status_batch_terminal("completed_with_errors"));
+	assert_true(status_batch_terminal("failed"));
+	assert_true(status_batch_terminal("cancelled"));
+	assert_false(status_batch_terminal("bogus"));
+	assert_false(status_batch_terminal(NULL));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -514,6 +588,10 @@ int main(void)
 		cmocka_unit_test(test_str_trim),
 		cmocka_unit_test(test_xstrndup),
 		cmocka_unit_test(test_json_string),
+		cmocka_unit_test(test_utf8_valid),
+		cmocka_unit_test(test_utf8_count),
+		cmocka_unit_test(test_str_in_list),
+		cmocka_unit_test(test_status_names),
 		cmocka_unit_test(test_log_text),
 		cmocka_unit_test(test_log_json),
 		cmocka_unit_test(test_log_parse),
