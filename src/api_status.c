@@ -16,6 +16,7 @@
 
 #include "batchd/api_req.h"
 #include "batchd/engine.h"
+#include "batchd/provider.h"
 #include "batchd/json.h"
 
 static void rate_tick(evutil_socket_t fd, short what, void *arg)

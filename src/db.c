@@ -21,6 +21,13 @@
 #include "batchd/db.h"
 #include "batchd/log.h"
 
+enum DbState {
+	DB_IDLE,          /* not started, or closed */
+	DB_CONNECTING,    /* PQconnectPoll in progress */
+	DB_READY,         /* connected; queries run */
+	DB_WAIT_RETRY,    /* lost or failed; reconnect timer armed */
+};
+
 #define DB_CONNECT_TIMEOUT_MS 10000
 #define DB_BACKOFF_MIN_MS 100
 #define DB_BACKOFF_MAX_MS 5000

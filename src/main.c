@@ -137,8 +137,9 @@ static Batchd g_bd;
 static int g_signals;
 static const char *g_config_path;
 
-void batchd_engine_ready(Batchd *bd)
+static void engine_ready(void *arg)
 {
+	Batchd *bd = arg;
 	char status[128];
 	if (bd->ready_sent)
 		return;
@@ -147,11 +148,15 @@ void batchd_engine_ready(Batchd *bd)
 	sdn_ready(status);
 }
 
-void batchd_engine_stopped(Batchd *bd, int exit_code)
+static void engine_stopped(int exit_code, void *arg)
 {
+	Batchd *bd = arg;
+
 	bd->exit_code = exit_code;
 	event_base_loopexit(bd->base, NULL);
 }
+
+static const EngineHandlers engine_handlers = { engine_ready, engine_stopped };
 
 static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 {
@@ -284,7 +289,7 @@ static int run_daemon(Config *cfg)
 	log_info("batchd %s starting: worker %s on %s, pid %d", PACKAGE_VERSION, bd->worker_id,
 		 bd->hostname, (int)getpid());
 
-	bd->engine = engine_new(bd);
+	bd->engine = engine_new(bd, &engine_handlers, bd);
 	/* socket activation: systemd's listeners replace listen */
 	bd->listen_fds = sdn_listen_fds();
 	if (cfg->listen || bd->listen_fds > 0) {

@@ -12,8 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "batchd/engine_int.h"
+#include "batchd/engine.h"
 #include "batchd/metrics.h"
+#include "batchd/provider.h"
 
 static void help(StrBuf *sb, const char *name, const char *type, const char *text)
 {
@@ -58,12 +59,13 @@ static bool ps_live(const ProvState *ps)
 
 static void render_providers(Engine *e, StrBuf *sb)
 {
+	int np = engine_nproviders(e);
 	int64_t now = now_monotonic_us();
 
 	help(sb, "batchd_provider_requests_total", "counter",
 	     "Requests answered by a provider, by HTTP status (code=\"none\": no answer).");
-	for (int i = 0; i < e->nprovs; i++) {
-		ProvState *ps = e->provs[i];
+	for (int i = 0; i < np; i++) {
+		ProvState *ps = engine_provider(e, i);
 		char code[8];
 		for (int c = 0; c < 600; c++) {
 			if (!ps->by_code[c])
@@ -78,8 +80,8 @@ static void render_providers(Engine *e, StrBuf *sb)
 	}
 	help(sb, "batchd_provider_request_duration_seconds", "histogram",
 	     "Time from the start of a request to its outcome.");
-	for (int i = 0; i < e->nprovs; i++) {
-		ProvState *ps = e->provs[i];
+	for (int i = 0; i < np; i++) {
+		ProvState *ps = engine_provider(e, i);
 		for (int b = 0; b < LAT_BUCKETS; b++) {
 			char le[32];
 			snprintf(le, sizeof(le), "%g", lat_bucket_le[b]);
@@ -95,53 +97,53 @@ static void render_providers(Engine *e, StrBuf *sb)
 	}
 	help(sb, "batchd_provider_retries_total", "counter",
 	     "Transient failures retried on the same provider.");
-	for (int i = 0; i < e->nprovs; i++)
-		sample1(sb, "batchd_provider_retries_total", "provider", e->provs[i]->name,
-			(double)e->provs[i]->retries);
+	for (int i = 0; i < np; i++)
+		sample1(sb, "batchd_provider_retries_total", "provider", engine_provider(e, i)->name,
+			(double)engine_provider(e, i)->retries);
 	help(sb, "batchd_provider_failovers_total", "counter",
 	     "Items that left this provider for the next one of their route.");
-	for (int i = 0; i < e->nprovs; i++)
-		sample1(sb, "batchd_provider_failovers_total", "provider", e->provs[i]->name,
-			(double)e->provs[i]->failovers_from);
+	for (int i = 0; i < np; i++)
+		sample1(sb, "batchd_provider_failovers_total", "provider", engine_provider(e, i)->name,
+			(double)engine_provider(e, i)->failovers_from);
 	help(sb, "batchd_provider_inflight", "gauge", "Requests in flight to a provider.");
-	for (int i = 0; i < e->nprovs; i++)
-		sample1(sb, "batchd_provider_inflight", "provider", e->provs[i]->name,
-			e->provs[i]->inflight);
+	for (int i = 0; i < np; i++)
+		sample1(sb, "batchd_provider_inflight", "provider", engine_provider(e, i)->name,
+			engine_provider(e, i)->inflight);
 	help(sb, "batchd_provider_queued", "gauge",
 	     "Items waiting for a provider's token, slot or pause to end.");
-	for (int i = 0; i < e->nprovs; i++)
-		sample1(sb, "batchd_provider_queued", "provider", e->provs[i]->name,
-			e->provs[i]->nqueued);
+	for (int i = 0; i < np; i++)
+		sample1(sb, "batchd_provider_queued", "provider", engine_provider(e, i)->name,
+			engine_provider(e, i)->nqueued);
 	help(sb, "batchd_breaker_state", "gauge",
 	     "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
-	for (int i = 0; i < e->nprovs; i++)
-		sample1(sb, "batchd_breaker_state", "provider", e->provs[i]->name,
-			(double)e->provs[i]->br.state);
+	for (int i = 0; i < np; i++)
+		sample1(sb, "batchd_breaker_state", "provider", engine_provider(e, i)->name,
+			(double)engine_provider(e, i)->br.state);
 	help(sb, "batchd_breaker_transitions_total", "counter",
 	     "Circuit breaker transitions, by the state entered.");
-	for (int i = 0; i < e->nprovs; i++) {
+	for (int i = 0; i < np; i++) {
 		static const char *const to[3] = { "closed", "open", "half_open" };
 		for (int s = 0; s < 3; s++)
-			sample2(sb, "batchd_breaker_transitions_total", "provider", e->provs[i]->name,
-				"to", to[s], (double)e->provs[i]->br.transitions[s]);
+			sample2(sb, "batchd_breaker_transitions_total", "provider", engine_provider(e, i)->name,
+				"to", to[s], (double)engine_provider(e, i)->br.transitions[s]);
 	}
 	help(sb, "batchd_ratelimit_wait_seconds_total", "counter",
 	     "Time items spent waiting for a provider's token, slot or pause.");
-	for (int i = 0; i < e->nprovs; i++)
-		sample1(sb, "batchd_ratelimit_wait_seconds_total", "provider", e->provs[i]->name,
-			e->provs[i]->wait_seconds);
+	for (int i = 0; i < np; i++)
+		sample1(sb, "batchd_ratelimit_wait_seconds_total", "provider", engine_provider(e, i)->name,
+			engine_provider(e, i)->wait_seconds);
 	help(sb, "batchd_ratelimit_tokens", "gauge",
 	     "Tokens in a provider's bucket now (burst when unlimited).");
-	for (int i = 0; i < e->nprovs; i++)
-		if (ps_live(e->provs[i]))
-			sample1(sb, "batchd_ratelimit_tokens", "provider", e->provs[i]->name,
-				tb_available(&e->provs[i]->tb, now));
+	for (int i = 0; i < np; i++)
+		if (ps_live(engine_provider(e, i)))
+			sample1(sb, "batchd_ratelimit_tokens", "provider", engine_provider(e, i)->name,
+				tb_available(&engine_provider(e, i)->tb, now));
 	help(sb, "batchd_ratelimit_rate", "gauge",
 	     "This process's share of a provider's rate, requests per second (0: unlimited).");
-	for (int i = 0; i < e->nprovs; i++)
-		if (ps_live(e->provs[i]))
-			sample1(sb, "batchd_ratelimit_rate", "provider", e->provs[i]->name,
-				e->provs[i]->tb.rate);
+	for (int i = 0; i < np; i++)
+		if (ps_live(engine_provider(e, i)))
+			sample1(sb, "batchd_ratelimit_rate", "provider", engine_provider(e, i)->name,
+				engine_provider(e, i)->tb.rate);
 }
 
 static long proc_rss_bytes(void)
@@ -193,6 +195,7 @@ static double proc_cpu_seconds(void)
 void metrics_render(Batchd *bd, StrBuf *sb)
 {
 	Engine *e = bd->engine;
+	const Config *cfg = engine_config(e);
 	EngineStats st;
 	static const char *const outcomes[4] = { "succeeded", "failed", "deferred", "cancelled" };
 
@@ -205,18 +208,18 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 	help(sb, "batchd_items_total", "counter",
 	     "Items finished by this process, by route and outcome (deferred: back to the "
 	     "queue to wait; cancelled: dropped before sending, their batch was cancelled).");
-	for (int i = 0; i < e->cfg->nroutes; i++) {
-		const RouteStats *rs = &e->route_stats[i];
+	for (int i = 0; i < cfg->nroutes; i++) {
+		const RouteStats *rs = engine_route_stats(e, i);
 		const uint64_t v[4] = { rs->succeeded, rs->failed, rs->deferred, rs->cancelled };
 		for (int k = 0; k < 4; k++)
-			sample2(sb, "batchd_items_total", "route", e->cfg->routes[i]->name,
+			sample2(sb, "batchd_items_total", "route", cfg->routes[i]->name,
 				"outcome", outcomes[k], (double)v[k]);
 	}
 	help(sb, "batchd_queue_depth", "gauge",
 	     "Items queued per route (from a periodic query; -1 before the first).");
-	for (int i = 0; i < e->cfg->nroutes; i++)
-		sample1(sb, "batchd_queue_depth", "route", e->cfg->routes[i]->name,
-			(double)e->route_stats[i].queue_depth);
+	for (int i = 0; i < cfg->nroutes; i++)
+		sample1(sb, "batchd_queue_depth", "route", cfg->routes[i]->name,
+			(double)engine_route_stats(e, i)->queue_depth);
 
 	render_providers(e, sb);
 
@@ -244,7 +247,7 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 	     "Time from sending a statement to its result, engine connection.");
 	{
 		DbLatency lat;
-		db_get_latency(e->db, &lat);
+		engine_db_latency(e, &lat);
 		for (int b = 0; b < DB_LAT_BUCKETS; b++)
 			sb_printf(sb, "batchd_db_query_duration_seconds_bucket{le=\"%g\"} %llu\n",
 				  db_lat_bucket_le[b], (unsigned long long)lat.buckets[b]);

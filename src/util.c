@@ -146,6 +146,19 @@ void sb_put_i64(StrBuf *sb, int64_t v)
 	sb_append(sb, p, (size_t)(buf + sizeof(buf) - p));
 }
 
+void sb_put_array_text(StrBuf *sb, const char *v)
+{
+	if (sb->len > 1)
+		sb_putc(sb, ',');
+	sb_putc(sb, '"');
+	for (const char *p = v; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			sb_putc(sb, '\\');
+		sb_putc(sb, *p);
+	}
+	sb_putc(sb, '"');
+}
+
 void sb_printf(StrBuf *sb, const char *fmt, ...)
 {
 	va_list ap;

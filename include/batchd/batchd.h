@@ -26,8 +26,4 @@ typedef struct Batchd {
 	int exit_code;
 } Batchd;
 
-/* Called by the engine when its state changes (ready, stopped). */
-void batchd_engine_ready(Batchd *bd);
-void batchd_engine_stopped(Batchd *bd, int exit_code);
-
 #endif /* BATCHD_BATCHD_H */

@@ -19,13 +19,6 @@
 
 typedef struct Db Db;
 
-enum DbState {
-	DB_IDLE,          /* not started, or closed */
-	DB_CONNECTING,    /* PQconnectPoll in progress */
-	DB_READY,         /* connected; queries run */
-	DB_WAIT_RETRY,    /* lost or failed; reconnect timer armed */
-};
-
 /*
  * Result callback.  res is the query's result (PGRES_TUPLES_OK,
  * PGRES_COMMAND_OK or PGRES_FATAL_ERROR with SQLSTATE), or NULL when the

@@ -1,11 +1,14 @@
 /*
  * engine.h - the work loop: claim items, call providers, record outcomes.
  *
- *   claim (one statement, SKIP LOCKED, sized to free capacity; woken by
- *   LISTEN batchd_work, with a slow poll as safety net)
- *     -> dispatch (render the provider request, start a curl transfer)
+ *   claim (claim.c: one statement, SKIP LOCKED, sized to free capacity;
+ *   woken by LISTEN batchd_work, with a slow poll as safety net)
+ *     -> dispatch (dispatch.c, provider.c, request.c: route, gate, send)
  *     -> outcome (classify: success / transient / permanent)
- *     -> completion buffer (many items per statement, fenced by worker id)
+ *     -> completion buffer (complete.c: many items per statement, fenced
+ *        by worker id)
+ * with worker.c (registration, heartbeat, lease) and janitor.c (reaper,
+ * queue depth, retention, loop lag) beside them.
  */
 #ifndef BATCHD_ENGINE_H
 #define BATCHD_ENGINE_H
@@ -14,6 +17,7 @@
 #include <stdint.h>
 
 #include "batchd/batchd.h"
+#include "batchd/db.h"
 
 typedef struct EngineStats {
 	uint64_t claimed;
@@ -30,7 +34,23 @@ typedef struct EngineStats {
 	int pending;               /* completions not yet recorded */
 } EngineStats;
 
-Engine *engine_new(Batchd *bd);
+/* What the engine tells its owner (main.c). */
+typedef struct EngineHandlers {
+	void (*ready)(void *arg);                  /* first time ready */
+	void (*stopped)(int exit_code, void *arg); /* stop finished, or startup failed */
+} EngineHandlers;
+
+typedef struct RouteStats {
+	uint64_t succeeded;
+	uint64_t failed;
+	uint64_t deferred;
+	uint64_t cancelled;
+	int64_t queue_depth;       /* queued items, periodic query; -1 unknown */
+} RouteStats;
+
+typedef struct ProvState ProvState;
+
+Engine *engine_new(Batchd *bd, const EngineHandlers *h, void *arg);
 void engine_free(Engine *e);
 
 /* Connect to the database and start working. */
@@ -49,24 +69,20 @@ double engine_take_loop_lag(Engine *e);
 bool engine_healthy(const Engine *e);
 int engine_breakers_open(const Engine *e);
 
-/* Live figures of one provider, for /v1/status and the status page. */
-#define PROVIDER_HISTORY_S 180
-typedef struct ProviderStats {
-	const char *breaker_state;   /* "closed", "open", "half_open" */
-	int64_t half_open_in_ms;     /* open: time to half-open; else -1 */
-	int failures;                /* consecutive transient failures */
-	double tokens;
-	double rate_share;           /* this worker's rate, requests/s (0: unlimited) */
-	int inflight;
-	int queued;
-	double req_per_s;            /* over the last 60 s */
-	double error_ratio;          /* failed / requests over the last 60 s */
-	int64_t paused_ms;           /* Retry-After pause left */
-	uint64_t requests;
-	uint32_t per_second[PROVIDER_HISTORY_S];   /* oldest first, last = now */
-} ProviderStats;
+/* Live figures of one provider (provider.h), for /v1/status and the
+ * status page; false when there is no such provider. */
+typedef struct ProviderStats ProviderStats;
 bool engine_provider_stats(Engine *e, const char *provider, ProviderStats *out);
 /* Apply a new configuration (SIGHUP); the engine takes ownership. */
 void engine_reload(Engine *e, Config *cfg);
+
+/* For the metrics: the current config, its routes' counters (aligned with
+ * cfg->routes), the providers (provider.h; removed ones included) and the
+ * engine connection's statement latency. */
+const Config *engine_config(const Engine *e);
+const RouteStats *engine_route_stats(const Engine *e, int i);
+int engine_nproviders(const Engine *e);
+ProvState *engine_provider(const Engine *e, int i);
+void engine_db_latency(const Engine *e, DbLatency *out);
 
 #endif /* BATCHD_ENGINE_H */

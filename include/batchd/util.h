@@ -33,6 +33,9 @@ void sb_puts(StrBuf *sb, const char *s);
 void sb_putc(StrBuf *sb, char c);
 void sb_printf(StrBuf *sb, const char *fmt, ...) _PRINTF(2, 3);
 void sb_put_i64(StrBuf *sb, int64_t v);          /* decimal, no printf */
+/* Append v as a quoted element of a PostgreSQL array literal that sb holds
+ * from its opening '{' (a comma first unless it is the first element). */
+void sb_put_array_text(StrBuf *sb, const char *v);
 char *sb_steal(StrBuf *sb);                    /* caller frees; sb reset */
 /* Append s as a quoted JSON string: invalid UTF-8 and NUL become U+FFFD,
  * control characters \u00XX.  Lives here rather than in json.c because

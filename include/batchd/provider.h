@@ -1,0 +1,125 @@
+/*
+ * provider.h - the live state of one provider: its wait queue, token
+ * bucket, concurrency count, Retry-After pause, circuit breaker, handle
+ * pool and counters.  Survives reloads by name.
+ *
+ * The provider decides whether a request may start (provider_can_start)
+ * and counts what happened (provider_finished); it does not route or send.
+ * When waiting jobs may be able to go (a token is due, a pause or the
+ * breaker's cooldown ended, the breaker opened and they must move on) it
+ * tells its owner through ProvHandlers.wake.
+ */
+#ifndef BATCHD_PROVIDER_H
+#define BATCHD_PROVIDER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include "batchd/breaker.h"
+#include "batchd/config.h"
+#include "batchd/job.h"
+#include "batchd/ratelimit.h"
+#include "batchd/request.h"
+
+typedef struct ProvState ProvState;
+typedef struct ProviderStats ProviderStats;
+
+/* Live figures of one provider, for /v1/status and the status page. */
+#define PROVIDER_HISTORY_S 180
+struct ProviderStats {
+	const char *breaker_state;   /* "closed", "open", "half_open" */
+	int64_t half_open_in_ms;     /* open: time to half-open; else -1 */
+	int failures;                /* consecutive transient failures */
+	double tokens;
+	double rate_share;           /* this worker's rate, requests/s (0: unlimited) */
+	int inflight;
+	int queued;
+	double req_per_s;            /* over the last 60 s */
+	double error_ratio;          /* failed / requests over the last 60 s */
+	int64_t paused_ms;           /* Retry-After pause left */
+	uint64_t requests;
+	uint32_t per_second[PROVIDER_HISTORY_S];   /* oldest first, last = now */
+};
+
+/* Latency histogram bucket upper bounds, seconds (Prometheus style). */
+#define LAT_BUCKETS 12
+extern const double lat_bucket_le[LAT_BUCKETS];
+
+typedef struct ProvHandlers {
+	/* jobs waiting at ps may be able to go, or must move on */
+	void (*wake)(ProvState *ps, void *arg);
+} ProvHandlers;
+
+struct ProvState {
+	char *name;
+	Provider *cfg;             /* current config section */
+	TokenBucket tb;
+	Breaker br;
+	int inflight;
+	int64_t paused_until;      /* monotonic us; Retry-After */
+	Job *qhead, *qtail;
+	int nqueued;
+	struct event *wake_timer;  /* token, pause */
+	struct event *br_timer;    /* OPEN -> HALF_OPEN */
+	bool removed;              /* gone from the config at a reload */
+	double share;              /* this worker's share of the rate (fleet) */
+	HandlePool pool;           /* idle easy handles set up for cfg */
+	const ProvHandlers *h;
+	void *harg;
+
+	/* counters for metrics and status */
+	uint64_t requests;
+	uint64_t by_code[600];     /* by HTTP status; [0]: no answer */
+	uint64_t retries;
+	uint64_t failovers_from;
+	double wait_seconds;       /* time jobs spent waiting for a token/slot */
+	uint64_t lat_count;
+	double lat_sum;
+	uint64_t lat_buckets[LAT_BUCKETS];
+	/* recent requests and errors, one slot a second */
+	uint32_t sec_req[PROVIDER_HISTORY_S];
+	uint32_t sec_err[PROVIDER_HISTORY_S];
+	int64_t sec_stamp[PROVIDER_HISTORY_S];
+};
+
+ProvState *provider_new(struct event_base *base, Provider *p, const ProvHandlers *h, void *arg);
+void provider_free(ProvState *ps);
+/* Reload: a new section for the same name (breaker state kept), or gone. */
+void provider_reconfigure(ProvState *ps, Provider *np);
+void provider_remove(ProvState *ps);
+/* Live workers calling the provider: this worker takes 1 / workers of its
+ * rate and burst, so that the fleet together keeps the configured rate. */
+void provider_set_workers(ProvState *ps, double workers);
+/* Joining a busy fleet: an empty bucket and no request before until, the
+ * time the peers need to lower their own share (rate-limited providers). */
+void provider_join_fleet(ProvState *ps, int64_t until);
+/* No request before until (monotonic us): Retry-After, or a joining worker. */
+void provider_pause(ProvState *ps, int64_t until);
+
+/* The FIFO of jobs waiting for this provider. */
+void provider_push(ProvState *ps, Job *j);
+Job *provider_pop(ProvState *ps);
+void provider_unqueue(ProvState *ps, Job *j);
+
+/*
+ * May a request start now (pause, max_concurrency, tokens)?  Takes the
+ * token on yes.  On no, *wait_us says when to look again (-1: when one of
+ * its transfers ends).
+ */
+bool provider_can_start(ProvState *ps, int64_t now, int64_t *wait_us);
+/* Look again in wait_us (the wake handler runs then), or not at all. */
+void provider_wake_in(ProvState *ps, int64_t wait_us);
+void provider_wake_cancel(ProvState *ps);
+
+/* A transfer started; it ended with an outcome (err: breaker's reason). */
+void provider_started(ProvState *ps);
+void provider_aborted(ProvState *ps);
+void provider_finished(ProvState *ps, CURLcode code, long status, double secs,
+		       enum Outcome out, const char *err);
+
+void provider_stats(ProvState *ps, ProviderStats *out);
+
+#endif /* BATCHD_PROVIDER_H */

@@ -1,0 +1,302 @@
+/*
+ * provider.c - one provider's gate and counters (see provider.h).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "batchd/log.h"
+#include "batchd/timer.h"
+#include "batchd/provider.h"
+
+const double lat_bucket_le[LAT_BUCKETS] = {
+	0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+};
+
+static void wake(ProvState *ps)
+{
+	ps->h->wake(ps, ps->harg);
+}
+
+static void breaker_changed(Breaker *br, enum BreakerState from, enum BreakerState to,
+			    const char *reason, void *arg)
+{
+	ProvState *ps = arg;
+	LogCtx ctx = { NULL, 0, ps->name, NULL };
+
+	log_ctx(LG_WARN, &ctx, "provider %s: circuit breaker %s -> %s (%s)", ps->name,
+		br_state_name(from), br_state_name(to), reason);
+	if (to == BR_OPEN) {
+		evtimer_del(ps->br_timer);
+		timer_arm_us(ps->br_timer, br_half_open_at(br) - now_monotonic_us());
+		/* items waiting here move on to the next provider now */
+		wake(ps);
+	}
+}
+
+static void br_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	ProvState *ps = arg;
+	int64_t now = now_monotonic_us();
+
+	if (br_tick(&ps->br, now)) {
+		wake(ps);
+	} else if (ps->br.state == BR_OPEN) {
+		/* libevent's clock may fire a few ms early: wait out the rest */
+		int64_t left = br_half_open_at(&ps->br) - now;
+		timer_arm_us(ps->br_timer, left > 1000 ? left : 1000);
+	}
+}
+
+static void wake_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	wake(arg);
+}
+
+/* this worker's part of the rate and burst */
+static void configure_bucket(ProvState *ps, int64_t now)
+{
+	int burst = (int)ceil((double)ps->cfg->burst * ps->share);
+	tb_configure(&ps->tb, ps->cfg->rate * ps->share, burst < 1 ? 1 : burst, now);
+}
+
+ProvState *provider_new(struct event_base *base, Provider *p, const ProvHandlers *h, void *arg)
+{
+	ProvState *ps = xcalloc(1, sizeof(*ps));
+	int64_t now = now_monotonic_us();
+
+	ps->name = xstrdup(p->name);
+	ps->cfg = p;
+	ps->share = 1.0;
+	ps->h = h;
+	ps->harg = arg;
+	tb_init(&ps->tb, p->rate, p->burst, now);
+	br_init(&ps->br, p->breaker_failures, p->breaker_cooldown_ms * 1000, breaker_changed, ps);
+	ps->wake_timer = evtimer_new(base, wake_timer_cb, ps);
+	ps->br_timer = evtimer_new(base, br_timer_cb, ps);
+	return ps;
+}
+
+void provider_free(ProvState *ps)
+{
+	if (!ps)
+		return;
+	handle_pool_free(&ps->pool);
+	event_free(ps->wake_timer);
+	event_free(ps->br_timer);
+	free(ps->name);
+	free(ps);
+}
+
+void provider_reconfigure(ProvState *ps, Provider *np)
+{
+	ps->cfg = np;
+	ps->removed = false;
+	handle_pool_renew(&ps->pool);   /* pooled handles carry the old section */
+	configure_bucket(ps, now_monotonic_us());
+	br_configure(&ps->br, np->breaker_failures, np->breaker_cooldown_ms * 1000);
+}
+
+void provider_remove(ProvState *ps)
+{
+	if (ps->removed)
+		return;
+	log_warn("provider %s removed by reload; its waiting items move on", ps->name);
+	ps->removed = true;
+	handle_pool_close(&ps->pool);
+}
+
+void provider_set_workers(ProvState *ps, double workers)
+{
+	double share = workers >= 1.0 ? 1.0 / workers : 1.0;
+
+	if (share == ps->share)
+		return;
+	ps->share = share;
+	if (ps->removed || ps->cfg->rate <= 0)
+		return;
+	log_info("provider %s: %g live worker(s), taking %.3g of rate %g/s", ps->name,
+		 workers, share, ps->cfg->rate);
+	configure_bucket(ps, now_monotonic_us());
+}
+
+void provider_join_fleet(ProvState *ps, int64_t until)
+{
+	if (ps->removed || ps->cfg->rate <= 0)
+		return;
+	ps->tb.tokens = 0;
+	provider_pause(ps, until);
+}
+
+void provider_pause(ProvState *ps, int64_t until)
+{
+	if (until > ps->paused_until)
+		ps->paused_until = until;
+}
+
+/* ------------------------------------------------------------------- queue */
+
+void provider_push(ProvState *ps, Job *j)
+{
+	j->qnext = NULL;
+	if (ps->qtail)
+		ps->qtail->qnext = j;
+	else
+		ps->qhead = j;
+	ps->qtail = j;
+	ps->nqueued++;
+	job_set_state(j, JOB_QUEUED);
+	j->ps = ps;
+	j->queued_mono = now_monotonic_us();
+}
+
+/* The first waiting job, in state NEW (the caller starts or reroutes it). */
+Job *provider_pop(ProvState *ps)
+{
+	Job *j = ps->qhead;
+	if (!j)
+		return NULL;
+	ps->qhead = j->qnext;
+	if (!ps->qhead)
+		ps->qtail = NULL;
+	j->qnext = NULL;
+	ps->nqueued--;
+	ps->wait_seconds += (double)(now_monotonic_us() - j->queued_mono) / 1e6;
+	job_set_state(j, JOB_NEW);
+	return j;
+}
+
+/* Take a specific job out of the queue (cancel, stop); it is NEW after. */
+void provider_unqueue(ProvState *ps, Job *j)
+{
+	Job **pp = &ps->qhead;
+	Job *prev = NULL;
+	while (*pp && *pp != j) {
+		prev = *pp;
+		pp = &(*pp)->qnext;
+	}
+	if (!*pp)
+		return;
+	*pp = j->qnext;
+	if (ps->qtail == j)
+		ps->qtail = prev;
+	j->qnext = NULL;
+	ps->nqueued--;
+	job_set_state(j, JOB_NEW);
+}
+
+/* -------------------------------------------------------------------- gate */
+
+bool provider_can_start(ProvState *ps, int64_t now, int64_t *wait_us)
+{
+	const Provider *p = ps->cfg;
+
+	if (ps->paused_until > now) {
+		*wait_us = ps->paused_until - now;
+		return false;
+	}
+	if (p->max_concurrency > 0 && ps->inflight >= p->max_concurrency) {
+		*wait_us = -1;
+		return false;
+	}
+	if (!tb_take(&ps->tb, now)) {
+		*wait_us = tb_wait_us(&ps->tb, now);
+		if (*wait_us < 1)
+			*wait_us = 1;
+		return false;
+	}
+	return true;
+}
+
+void provider_wake_in(ProvState *ps, int64_t wait_us)
+{
+	evtimer_del(ps->wake_timer);
+	timer_arm_us(ps->wake_timer, wait_us);
+}
+
+void provider_wake_cancel(ProvState *ps)
+{
+	evtimer_del(ps->wake_timer);
+}
+
+/* ---------------------------------------------------------------- counting */
+
+/* Count a request in the one-second ring used for status "recent rate". */
+static void sec_count(ProvState *ps, bool error)
+{
+	int64_t sec = now_monotonic_us() / 1000000;
+	int slot = (int)(sec % PROVIDER_HISTORY_S);
+	if (ps->sec_stamp[slot] != sec) {
+		ps->sec_stamp[slot] = sec;
+		ps->sec_req[slot] = 0;
+		ps->sec_err[slot] = 0;
+	}
+	ps->sec_req[slot]++;
+	if (error)
+		ps->sec_err[slot]++;
+}
+
+void provider_started(ProvState *ps)
+{
+	br_on_start(&ps->br);
+	ps->inflight++;
+	ps->requests++;
+}
+
+void provider_aborted(ProvState *ps)
+{
+	ps->inflight--;
+	br_on_abort(&ps->br);
+}
+
+void provider_finished(ProvState *ps, CURLcode code, long status, double secs,
+		       enum Outcome out, const char *err)
+{
+	ps->inflight--;
+	ps->lat_count++;
+	ps->lat_sum += secs;
+	for (int i = 0; i < LAT_BUCKETS; i++)
+		if (secs <= lat_bucket_le[i])
+			ps->lat_buckets[i]++;
+	ps->by_code[code == CURLE_OK && status > 0 && status < 600 ? status : 0]++;
+	sec_count(ps, out != OUT_SUCCESS);
+	/* a permanent error still proves the provider is up */
+	if (out == OUT_TRANSIENT)
+		br_on_failure(&ps->br, now_monotonic_us(), err);
+	else
+		br_on_success(&ps->br, now_monotonic_us());
+}
+
+void provider_stats(ProvState *ps, ProviderStats *out)
+{
+	int64_t now = now_monotonic_us(), sec = now / 1000000;
+	uint64_t req = 0, err = 0;
+
+	memset(out, 0, sizeof(*out));
+	br_tick(&ps->br, now);
+	out->breaker_state = br_state_name(ps->br.state);
+	out->half_open_in_ms = ps->br.state == BR_OPEN ?
+		(br_half_open_at(&ps->br) - now) / 1000 : -1;
+	if (out->half_open_in_ms < -1)
+		out->half_open_in_ms = 0;
+	out->failures = ps->br.failures;
+	out->tokens = tb_available(&ps->tb, now);
+	out->rate_share = ps->tb.rate;
+	out->inflight = ps->inflight;
+	out->queued = ps->nqueued;
+	out->paused_ms = ps->paused_until > now ? (ps->paused_until - now) / 1000 : 0;
+	out->requests = ps->requests;
+	for (int k = 0; k < PROVIDER_HISTORY_S; k++) {
+		int64_t s = sec - (PROVIDER_HISTORY_S - 1) + k;
+		int slot = (int)(s % PROVIDER_HISTORY_S);
+		uint32_t n = ps->sec_stamp[slot] == s ? ps->sec_req[slot] : 0;
+		out->per_second[k] = n;
+		if (k >= PROVIDER_HISTORY_S - 60) {
+			req += n;
+			err += ps->sec_stamp[slot] == s ? ps->sec_err[slot] : 0;
+		}
+	}
+	out->req_per_s = (double)req / 60.0;
+	out->error_ratio = req ? (double)err / (double)req : 0.0;
+}

@@ -1,0 +1,238 @@
+/*
+ * test_dispatch.c - the pure parts of dispatch (outcome classification,
+ * Retry-After, backoff), a provider's gate and queue, and the job states.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "batchd/dispatch.h"
+#include "batchd/job.h"
+#include "batchd/provider.h"
+
+static Provider prov(void)
+{
+	Provider p;
+
+	memset(&p, 0, sizeof(p));
+	p.name = (char *)"p";
+	p.method = (char *)"GET";
+	p.burst = 1;
+	p.retries = 3;
+	p.backoff_ms = 100;
+	p.backoff_max_ms = 1000;
+	p.breaker_failures = 5;
+	p.breaker_cooldown_ms = 60000;
+	return p;
+}
+
+static void test_classify_defaults(void **state)
+{
+	Provider p = prov();
+
+	assert_int_equal(dispatch_classify(&p, 200), OUT_SUCCESS);
+	assert_int_equal(dispatch_classify(&p, 204), OUT_SUCCESS);
+	assert_int_equal(dispatch_classify(&p, 299), OUT_SUCCESS);
+	assert_int_equal(dispatch_classify(&p, 500), OUT_TRANSIENT);
+	assert_int_equal(dispatch_classify(&p, 503), OUT_TRANSIENT);
+	assert_int_equal(dispatch_classify(&p, 599), OUT_TRANSIENT);
+	assert_int_equal(dispatch_classify(&p, 408), OUT_TRANSIENT);
+	assert_int_equal(dispatch_classify(&p, 429), OUT_TRANSIENT);
+	assert_int_equal(dispatch_classify(&p, 400), OUT_PERMANENT);
+	assert_int_equal(dispatch_classify(&p, 404), OUT_PERMANENT);
+	assert_int_equal(dispatch_classify(&p, 422), OUT_PERMANENT);
+	/* redirects are not followed: a 3xx is no answer to store */
+	assert_int_equal(dispatch_classify(&p, 301), OUT_PERMANENT);
+	assert_int_equal(dispatch_classify(&p, 100), OUT_PERMANENT);
+}
+
+static void test_classify_overrides(void **state)
+{
+	Provider p = prov();
+	int retry[] = { 404, 409 }, perm[] = { 503, 409 };
+
+	p.retry_on = retry;
+	p.nretry_on = 2;
+	p.permanent_on = perm;
+	p.npermanent_on = 2;
+	assert_int_equal(dispatch_classify(&p, 404), OUT_TRANSIENT);
+	assert_int_equal(dispatch_classify(&p, 503), OUT_PERMANENT);
+	/* named in both: permanent wins */
+	assert_int_equal(dispatch_classify(&p, 409), OUT_PERMANENT);
+	assert_int_equal(dispatch_classify(&p, 500), OUT_TRANSIENT);
+	assert_int_equal(dispatch_classify(&p, 200), OUT_SUCCESS);
+}
+
+static void test_retry_after(void **state)
+{
+	/* 1994-11-06 08:49:37 UTC */
+	const int64_t t0 = 784111777;
+
+	assert_int_equal(dispatch_retry_after_ms(NULL, t0), -1);
+	assert_int_equal(dispatch_retry_after_ms("", t0), -1);
+	assert_int_equal(dispatch_retry_after_ms("soon", t0), -1);
+	assert_int_equal(dispatch_retry_after_ms("-5", t0), -1);
+	assert_int_equal(dispatch_retry_after_ms("12x", t0), -1);
+	assert_int_equal(dispatch_retry_after_ms("0", t0), 0);
+	assert_int_equal(dispatch_retry_after_ms("120", t0), 120000);
+	/* capped at an hour, without overflowing on absurd values */
+	assert_int_equal(dispatch_retry_after_ms("3600", t0), 3600000);
+	assert_int_equal(dispatch_retry_after_ms("3601", t0), 3600000);
+	assert_int_equal(dispatch_retry_after_ms("99999999999999999999", t0), 3600000);
+	/* HTTP dates, relative to now */
+	assert_int_equal(dispatch_retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", t0), 0);
+	assert_int_equal(dispatch_retry_after_ms("Sun, 06 Nov 1994 08:50:07 GMT", t0), 30000);
+	assert_int_equal(dispatch_retry_after_ms("Sun, 06 Nov 1994 08:49:00 GMT", t0), 0);
+	assert_int_equal(dispatch_retry_after_ms("Mon, 07 Nov 1994 08:49:37 GMT", t0), 3600000);
+}
+
+static void test_backoff(void **state)
+{
+	Provider p = prov();
+
+	/* random(0, min(backoff_max, backoff * 2^(n-1))) with u the random part */
+	assert_int_equal(dispatch_backoff_ms(&p, 1, 0.0), 0);
+	assert_int_equal(dispatch_backoff_ms(&p, 1, 0.5), 50);
+	assert_int_equal(dispatch_backoff_ms(&p, 2, 0.5), 100);
+	assert_int_equal(dispatch_backoff_ms(&p, 3, 0.5), 200);
+	assert_int_equal(dispatch_backoff_ms(&p, 4, 0.999), 799);
+	/* capped at backoff_max */
+	assert_int_equal(dispatch_backoff_ms(&p, 5, 0.5), 500);
+	assert_int_equal(dispatch_backoff_ms(&p, 60, 0.5), 500);
+	assert_true(dispatch_backoff_ms(&p, 60, 0.999999) < 1000);
+	/* the first try's number may be 0 or 1 */
+	assert_int_equal(dispatch_backoff_ms(&p, 0, 0.5), 50);
+}
+
+static void test_job_states(void **state)
+{
+	static const enum JobState all[] = {
+		JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_BACKOFF, JOB_DONE,
+	};
+
+	/* DONE is terminal */
+	for (size_t i = 0; i < 5; i++)
+		assert_false(job_state_change_ok(JOB_DONE, all[i]));
+	/* everything else can end, and go back to NEW */
+	for (size_t i = 0; i < 4; i++) {
+		assert_true(job_state_change_ok(all[i], JOB_DONE));
+		assert_true(job_state_change_ok(all[i], JOB_NEW));
+	}
+	assert_true(job_state_change_ok(JOB_NEW, JOB_QUEUED));
+	assert_false(job_state_change_ok(JOB_QUEUED, JOB_QUEUED));
+	assert_false(job_state_change_ok(JOB_RUNNING, JOB_QUEUED));
+	assert_false(job_state_change_ok(JOB_BACKOFF, JOB_QUEUED));
+	assert_true(job_state_change_ok(JOB_NEW, JOB_RUNNING));
+	assert_true(job_state_change_ok(JOB_QUEUED, JOB_RUNNING));
+	assert_false(job_state_change_ok(JOB_RUNNING, JOB_RUNNING));
+	assert_false(job_state_change_ok(JOB_BACKOFF, JOB_RUNNING));
+	assert_true(job_state_change_ok(JOB_RUNNING, JOB_BACKOFF));
+	assert_false(job_state_change_ok(JOB_BACKOFF, JOB_BACKOFF));
+}
+
+static int wakes;
+static void on_wake(ProvState *ps, void *arg)
+{
+	wakes++;
+}
+static const ProvHandlers handlers = { on_wake };
+
+static void test_provider_queue(void **state)
+{
+	struct event_base *base = event_base_new();
+	Provider p = prov();
+	ProvState *ps = provider_new(base, &p, &handlers, NULL);
+	Job *a = job_new(NULL, 1, "b", "{}", 0, 3), *b = job_new(NULL, 2, "b", "{}", 0, 3);
+	Job *c = job_new(NULL, 3, "b", "{}", 0, 3);
+
+	provider_push(ps, a);
+	provider_push(ps, b);
+	provider_push(ps, c);
+	assert_int_equal(ps->nqueued, 3);
+	assert_int_equal(b->state, JOB_QUEUED);
+	assert_ptr_equal(b->ps, ps);
+	/* out of the middle, then first in first out */
+	provider_unqueue(ps, b);
+	assert_int_equal(b->state, JOB_NEW);
+	assert_int_equal(ps->nqueued, 2);
+	provider_unqueue(ps, b);    /* not there: nothing happens */
+	assert_int_equal(ps->nqueued, 2);
+	assert_ptr_equal(provider_pop(ps), a);
+	assert_int_equal(a->state, JOB_NEW);
+	assert_ptr_equal(provider_pop(ps), c);
+	assert_null(provider_pop(ps));
+	assert_int_equal(ps->nqueued, 0);
+	assert_null(ps->qtail);
+	provider_push(ps, b);
+	assert_ptr_equal(ps->qhead, b);
+	assert_ptr_equal(ps->qtail, b);
+	assert_ptr_equal(provider_pop(ps), b);
+
+	job_set_state(a, JOB_DONE);
+	job_set_state(b, JOB_DONE);
+	job_set_state(c, JOB_DONE);
+	job_free(a);
+	job_free(b);
+	job_free(c);
+	provider_free(ps);
+	event_base_free(base);
+}
+
+static void test_provider_gate(void **state)
+{
+	struct event_base *base = event_base_new();
+	Provider p = prov();
+	ProvState *ps;
+	int64_t now, wait = 0;
+
+	p.rate = 10;
+	p.burst = 2;
+	p.max_concurrency = 3;
+	ps = provider_new(base, &p, &handlers, NULL);
+	now = now_monotonic_us();   /* the bucket's clock starts in provider_new */
+
+	/* the burst, then a token every 100 ms */
+	assert_true(provider_can_start(ps, now, &wait));
+	assert_true(provider_can_start(ps, now, &wait));
+	assert_false(provider_can_start(ps, now, &wait));
+	assert_in_range(wait, 99000, 100000);
+	assert_true(provider_can_start(ps, now + 100000, &wait));
+
+	/* max_concurrency: wait for a transfer to end (-1) */
+	ps->inflight = 3;
+	assert_false(provider_can_start(ps, now + 10000000, &wait));
+	assert_int_equal(wait, -1);
+	ps->inflight = 0;
+
+	/* a pause (Retry-After) holds everything until it ends; a shorter one
+	 * does not shorten it */
+	provider_pause(ps, now + 20000000);
+	provider_pause(ps, now + 15000000);
+	assert_false(provider_can_start(ps, now + 10000000, &wait));
+	assert_int_equal(wait, 10000000);
+	assert_true(provider_can_start(ps, now + 20000000, &wait));
+
+	/* a fleet of 4: a quarter of the rate, and the burst rounded up */
+	provider_set_workers(ps, 4);
+	assert_true(ps->tb.rate > 2.49 && ps->tb.rate < 2.51);
+	provider_free(ps);
+	event_base_free(base);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_classify_defaults),
+		cmocka_unit_test(test_classify_overrides),
+		cmocka_unit_test(test_retry_after),
+		cmocka_unit_test(test_backoff),
+		cmocka_unit_test(test_job_states),
+		cmocka_unit_test(test_provider_queue),
+		cmocka_unit_test(test_provider_gate),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
