@@ -629,7 +629,7 @@ static void report_http_error(long status, const StrBuf *body)
 {
 	char err[128], *text = NULL;
 	yajl_val v = NULL;
-	const char *msg;
+	const char *msg, *code;
 
 	if (body->data && body->len)
 		v = yajl_tree_parse(body->data, err, sizeof(err));
@@ -648,6 +648,9 @@ static void report_http_error(long status, const StrBuf *body)
 	if (status == 401)
 		msg_error("hint: check --token or BATCHD_TOKEN "
 			  "(new tokens: batchctl token create)");
+	code = jv_str(jv_get(v, "error"), "code");
+	if (code && strcmp(code, "idempotency_key_reused") == 0)
+		msg_error("hint: a different batch needs a new --idempotency-key");
 	free(text);
 	yajl_tree_free(v);
 }
@@ -2593,8 +2596,11 @@ static const Command commands[] = {
 	  "  --max-attempts N         1 to 100 (server default 3)\n"
 	  "  --group-key FIELD        payload field (dotted path) grouping the items\n"
 	  "  --metadata JSON          a JSON object kept with the batch\n"
-	  "  --idempotency-key KEY    repeating a submit with the same key returns\n"
-	  "                           the batch created the first time\n"
+	  "  --idempotency-key KEY    repeating the same submit with the same key\n"
+	  "                           returns the batch created the first time; a\n"
+	  "                           different one under a key used less than the\n"
+	  "                           server's idempotency_ttl (24h) ago is refused\n"
+	  "                           (HTTP 422, exit 3)\n"
 	  "  --format jsonl|csv       input format (default: guessed)\n"
 	  "  --wait                   then watch the batch until it ends (progress on\n"
 	  "                           stderr); exit 1 unless it ends 'completed'\n"
