@@ -1967,6 +1967,29 @@ $$;
 COMMENT ON FUNCTION batchd.revoke_token(p_token text) IS 'Revoke a REST API token; true when a live token was revoked.';
 
 --
+-- Name: revoke_token_id(bigint); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.revoke_token_id(p_id bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+BEGIN
+    UPDATE batchd.api_tokens
+       SET revoked = true, revoked_at = now()
+     WHERE id = p_id
+       AND NOT revoked;
+    RETURN FOUND;
+END
+$$;
+
+--
+-- Name: FUNCTION revoke_token_id(p_id bigint); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.revoke_token_id(p_id bigint) IS 'Revoke a REST API token by its id; true when a live token was revoked.';
+
+--
 -- Name: run_hook(text, text, anyelement); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
