@@ -172,13 +172,13 @@ def test_token_list_and_revoke_by_id(db, conn, batchd_factory, mock, tmp_path):
 
 @pytest.mark.parametrize("args,what", [
     (["token", "revoke", "--id", "1", "bd_x"], "not both"),
-    (["token", "revoke", "--id", "0"], "--id"),
-    (["token", "revoke", "--id", "x"], "--id"),
+    (["token", "revoke", "--id", "0"], "--id must be an integer from 1"),
+    (["token", "revoke", "--id", "x"], "--id must be an integer from 1"),
     (["token", "revoke", "--id"], "needs a value"),
     (["token", "create", "--tenant", "t", "--id", "1"], "--id is for token revoke"),
     (["token", "list", "--id", "1"], "--id is for token revoke"),
     (["token", "list", "extra"], "unexpected argument"),
-    (["token", "list", "--tenant", ""], "--tenant"),
+    (["token", "list", "--tenant", ""], "--tenant must not be empty"),
     (["token", "revoke", "--tenant", "t", "--id", "1"], "--tenant is for"),
     (["token", "drop"], "create, revoke or list"),
 ])
