@@ -169,6 +169,20 @@ def test_idempotency_ttl_setting(db, conn, mock, batchd_factory):
     assert st == 201 and new["id"] != first["id"]
 
 
+def test_longest_idempotency_ttl(db, conn, mock, batchd_factory):
+    d = start(db, mock, batchd_factory, idempotency_ttl="3650d")
+    a = Client(d.port, token(conn))
+    body = {"route": ROUTE, "items": [{"id": 1}]}
+    st, first = a.post(body, key="k")
+    assert st == 201
+    backdate(conn, first["id"], "3649 days")
+    st, doc = a.post(body | {"priority": 1}, key="k")
+    assert_reused(st, doc, "k", first["id"])
+    backdate(conn, first["id"], "3651 days")
+    st, new = a.post(body | {"priority": 1}, key="k")
+    assert st == 201 and new["id"] != first["id"]
+
+
 def test_concurrent_submits_of_one_key_agree(api):
     """Eight submits race with one key, four with request X and four with Y:
     one batch is made; the others with its request get it (200), the rest
@@ -251,6 +265,12 @@ def test_migration_012_down_and_up(db, conn, tmp_path):
     assert api_submit_args() == []
     migrate(db.conninfo, str(tmp_path))
     assert "idempotency_hash" in columns()
+    # all the way down: no function of this release is left behind
+    migrate(db.conninfo, str(tmp_path), down=12)
+    left = [r["proname"] for r in conn.execute(
+        "SELECT proname FROM pg_proc WHERE pronamespace = 'batchd'::regnamespace")]
+    assert "revoke_token_id" not in left and "api_submit" not in left, left
+    migrate(db.conninfo, str(tmp_path))
     assert len(api_submit_args()) == 1
     row = conn.execute("SELECT * FROM batchd.api_submit('t', 'r', '[{}]', '{}', 'k')").fetchone()
     assert row["created"] is True
