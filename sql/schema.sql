@@ -55,16 +55,21 @@ $$;
 COMMENT ON FUNCTION batchd.api_authenticate(p_hash bytea) IS 'Tenant of a live token given its SHA-256, or NULL; refreshes last_used_at at most once a minute.';
 
 --
--- Name: api_submit(text, text, jsonb, jsonb, text); Type: FUNCTION; Schema: batchd; Owner: -
+-- Name: api_submit(text, text, jsonb, jsonb, text, interval); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
-CREATE FUNCTION batchd.api_submit(p_tenant text, p_route text, p_items jsonb, p_options jsonb, p_idempotency_key text) RETURNS TABLE(id uuid, created boolean)
+CREATE FUNCTION batchd.api_submit(p_tenant text, p_route text, p_items jsonb, p_options jsonb, p_idempotency_key text, p_idempotency_ttl interval DEFAULT '24:00:00'::interval) RETURNS TABLE(id uuid, created boolean)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'batchd'
     AS $$
 #variable_conflict use_column
 DECLARE
-    v_id uuid;
+    v_id      uuid;
+    v_hash    bytea;
+    v_opts    jsonb;
+    v_old     uuid;
+    v_oldhash bytea;
+    v_at      timestamptz;
 BEGIN
     IF p_idempotency_key IS NULL THEN
         RETURN QUERY SELECT batchd.submit_batch(p_tenant, p_route, p_items, p_options), true;
@@ -74,25 +79,60 @@ BEGIN
         RAISE EXCEPTION 'idempotency key must have 1 to 200 characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF p_idempotency_ttl IS NULL OR p_idempotency_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'idempotency_ttl must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
-    SELECT b.id INTO v_id
+    -- The request's hash. Options that are not an object are hashed as they
+    -- are (submit_batch() refuses them anyway).
+    v_opts := coalesce(p_options, '{}');
+    IF jsonb_typeof(v_opts) = 'object' THEN
+        SELECT coalesce(jsonb_object_agg(o.key, o.value), '{}') INTO v_opts
+          FROM jsonb_each(v_opts) AS o
+         WHERE jsonb_typeof(o.value) <> 'null';
+    END IF;
+    v_hash := sha256(convert_to(jsonb_build_array(p_route, p_items, v_opts)::text, 'UTF8'));
+
+    SELECT b.id, b.idempotency_hash, b.created_at INTO v_old, v_oldhash, v_at
       FROM batchd.batches AS b
      WHERE b.tenant = p_tenant AND b.idempotency_key = p_idempotency_key;
     IF FOUND THEN
-        RETURN QUERY SELECT v_id, false;
-        RETURN;
+        IF v_at > now() - p_idempotency_ttl THEN
+            IF v_oldhash IS NOT NULL AND v_oldhash <> v_hash THEN
+                RAISE EXCEPTION 'Idempotency-Key "%" was already used for another request (batch %): use a new key for a new batch', p_idempotency_key, v_old
+                    USING ERRCODE = 'BD422';
+            END IF;
+            RETURN QUERY SELECT v_old, false;
+            RETURN;
+        END IF;
+    ELSE
+        v_old := NULL;
     END IF;
 
     BEGIN
         v_id := batchd.submit_batch(p_tenant, p_route, p_items, p_options);
+        IF v_old IS NOT NULL THEN
+            -- the key has expired: take it over (a concurrent taker that got
+            -- here first leaves this row without the key: nothing to do)
+            UPDATE batchd.batches AS b
+               SET idempotency_key = NULL, idempotency_hash = NULL
+             WHERE b.id = v_old AND b.idempotency_key = p_idempotency_key;
+        END IF;
         -- The new batch row is ours alone until commit: no lock order issue.
-        UPDATE batchd.batches AS b SET idempotency_key = p_idempotency_key WHERE b.id = v_id;
+        UPDATE batchd.batches AS b
+           SET idempotency_key = p_idempotency_key, idempotency_hash = v_hash
+         WHERE b.id = v_id;
     EXCEPTION WHEN unique_violation THEN
-        SELECT b.id INTO v_id
+        SELECT b.id, b.idempotency_hash INTO v_id, v_oldhash
           FROM batchd.batches AS b
          WHERE b.tenant = p_tenant AND b.idempotency_key = p_idempotency_key;
         IF NOT FOUND THEN
             RAISE;
+        END IF;
+        IF v_oldhash IS NOT NULL AND v_oldhash <> v_hash THEN
+            RAISE EXCEPTION 'Idempotency-Key "%" was already used for another request (batch %): use a new key for a new batch', p_idempotency_key, v_id
+                USING ERRCODE = 'BD422';
         END IF;
         RETURN QUERY SELECT v_id, false;
         RETURN;
@@ -102,10 +142,10 @@ END
 $$;
 
 --
--- Name: FUNCTION api_submit(p_tenant text, p_route text, p_items jsonb, p_options jsonb, p_idempotency_key text); Type: COMMENT; Schema: batchd; Owner: -
+-- Name: FUNCTION api_submit(p_tenant text, p_route text, p_items jsonb, p_options jsonb, p_idempotency_key text, p_idempotency_ttl interval); Type: COMMENT; Schema: batchd; Owner: -
 --
 
-COMMENT ON FUNCTION batchd.api_submit(p_tenant text, p_route text, p_items jsonb, p_options jsonb, p_idempotency_key text) IS 'submit_batch() with an optional per-tenant idempotency key; returns (id, created).';
+COMMENT ON FUNCTION batchd.api_submit(p_tenant text, p_route text, p_items jsonb, p_options jsonb, p_idempotency_key text, p_idempotency_ttl interval) IS 'submit_batch() with an optional per-tenant idempotency key, kept for idempotency_ttl with the request''s SHA-256; returns (id, created); another request under a live key raises BD422.';
 
 --
 -- Name: api_ts(timestamp with time zone); Type: FUNCTION; Schema: batchd; Owner: -
@@ -1927,6 +1967,29 @@ $$;
 COMMENT ON FUNCTION batchd.revoke_token(p_token text) IS 'Revoke a REST API token; true when a live token was revoked.';
 
 --
+-- Name: revoke_token_id(bigint); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.revoke_token_id(p_id bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+BEGIN
+    UPDATE batchd.api_tokens
+       SET revoked = true, revoked_at = now()
+     WHERE id = p_id
+       AND NOT revoked;
+    RETURN FOUND;
+END
+$$;
+
+--
+-- Name: FUNCTION revoke_token_id(p_id bigint); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.revoke_token_id(p_id bigint) IS 'Revoke a REST API token by its id; true when a live token was revoked.';
+
+--
 -- Name: run_hook(text, text, anyelement); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
@@ -2389,8 +2452,10 @@ CREATE TABLE batchd.batches (
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
     idempotency_key text,
+    idempotency_hash bytea,
     CONSTRAINT batches_cancelled_check CHECK ((cancelled >= 0)),
     CONSTRAINT batches_failed_check CHECK ((failed >= 0)),
+    CONSTRAINT batches_idempotency_hash_check CHECK (((idempotency_hash IS NULL) OR ((octet_length(idempotency_hash) = 32) AND (idempotency_key IS NOT NULL)))),
     CONSTRAINT batches_idempotency_key_check CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT batches_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
     CONSTRAINT batches_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text)),
@@ -2422,7 +2487,13 @@ COMMENT ON COLUMN batchd.batches.total IS 'Number of items submitted; succeeded 
 -- Name: COLUMN batches.idempotency_key; Type: COMMENT; Schema: batchd; Owner: -
 --
 
-COMMENT ON COLUMN batchd.batches.idempotency_key IS 'Idempotency-Key of the REST submit that created the batch (unique per tenant), or NULL';
+COMMENT ON COLUMN batchd.batches.idempotency_key IS 'Idempotency-Key of the REST submit that created the batch (unique per tenant; a key older than idempotency_ttl moves to the next batch that uses it), or NULL';
+
+--
+-- Name: COLUMN batches.idempotency_hash; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.idempotency_hash IS 'SHA-256 of the request that used idempotency_key (route, items, options), or NULL';
 
 --
 -- Name: groups; Type: TABLE; Schema: batchd; Owner: -

@@ -313,10 +313,27 @@ void ep_state_change(Req *r)
 	req_query(r, false, sql, 2, params, step_state_change);
 }
 
+/* 422 idempotency_key_reused: batchd.api_submit()'s BD422, whose message
+ * names the key and the batch that has it. */
+static void reply_key_reused(Req *r, const char *msg)
+{
+	StrBuf sb;
+
+	sb_init(&sb);
+	sb_puts(&sb, "{\"error\":{\"code\":\"idempotency_key_reused\",\"message\":");
+	json_append_string(&sb, msg, strlen(msg));
+	sb_puts(&sb, "}}");
+	reply_json(r, 422, sb.data, sb.len);
+	sb_free(&sb);
+}
+
 static void step_submit(Req *r, PGresult *res)
 {
 	if (!db_result_ok(res)) {
-		reply_db_error(r, res);
+		if (res && strcmp(db_result_sqlstate(res), "BD422") == 0)
+			reply_key_reused(r, db_result_error(res));
+		else
+			reply_db_error(r, res);
 		return;
 	}
 	snprintf(r->id, sizeof(r->id), "%s", PQgetvalue(res, 0, 0));
@@ -329,8 +346,8 @@ void ep_submit(Req *r)
 	struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
 	struct evbuffer *buf = evhttp_request_get_input_buffer(r->req);
 	const char *idem = evhttp_find_header(in, "Idempotency-Key");
-	const char *params[4];
-	char err[512];
+	const char *params[5];
+	char err[512], ttl[48];
 	size_t len;
 	char *body;
 
@@ -362,9 +379,12 @@ void ep_submit(Req *r)
 	params[1] = r->route;
 	params[2] = body;
 	params[3] = r->idem;
+	snprintf(ttl, sizeof(ttl), "%lld milliseconds",
+		 (long long)r->api->bd->cfg->idempotency_ttl_ms);
+	params[4] = ttl;
 	req_query(r, false,
 		  "SELECT s.id, s.created FROM batchd.api_submit($1, $2, $3::jsonb -> 'items', "
-		  "$3::jsonb - 'route'::text - 'items'::text, $4) AS s",
-		  4, params, step_submit);
+		  "$3::jsonb - 'route'::text - 'items'::text, $4, $5::interval) AS s",
+		  5, params, step_submit);
 }
 

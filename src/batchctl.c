@@ -36,6 +36,7 @@
 #include <yajl/yajl_parse.h>
 #include <yajl/yajl_tree.h>
 
+#include "batchd/config.h"
 #include "batchd/json.h"
 #include "batchd/status.h"
 #include "batchd/util.h"
@@ -629,7 +630,7 @@ static void report_http_error(long status, const StrBuf *body)
 {
 	char err[128], *text = NULL;
 	yajl_val v = NULL;
-	const char *msg;
+	const char *msg, *code;
 
 	if (body->data && body->len)
 		v = yajl_tree_parse(body->data, err, sizeof(err));
@@ -648,6 +649,9 @@ static void report_http_error(long status, const StrBuf *body)
 	if (status == 401)
 		msg_error("hint: check --token or BATCHD_TOKEN "
 			  "(new tokens: batchctl token create)");
+	code = jv_str(jv_get(v, "error"), "code");
+	if (code && strcmp(code, "idempotency_key_reused") == 0)
+		msg_error("hint: a different batch needs a new --idempotency-key");
 	free(text);
 	yajl_tree_free(v);
 }
@@ -727,7 +731,7 @@ enum {
 	/* long-only options; short ones use their letter */
 	OPT_URL = 0x100, OPT_TOKEN, OPT_JSON, OPT_ROUTE, OPT_NAME, OPT_PRIORITY,
 	OPT_MAX_ATTEMPTS, OPT_GROUP_KEY, OPT_IDEM_KEY, OPT_METADATA, OPT_FORMAT, OPT_WAIT,
-	OPT_INTERVAL, OPT_STATUS, OPT_LIMIT, OPT_CURSOR, OPT_TENANT, OPT_DATABASE,
+	OPT_INTERVAL, OPT_STATUS, OPT_LIMIT, OPT_CURSOR, OPT_TENANT, OPT_DATABASE, OPT_ID,
 };
 
 /* Accepted before and after the command name. */
@@ -792,13 +796,18 @@ static int opt_common(Ctl *ctl, const Command *cmd, int c, char **argv)
  * (test_batchctl.py) checks that this list matches the option tables.
  */
 static const char *const value_options[] = {
-	"cursor", "database", "format", "group-key", "idempotency-key", "interval",
-	"limit", "max-attempts", "metadata", "name", "priority", "route", "status",
-	"tenant", "token", "url", NULL,
+	"config", "cursor", "database", "format", "group-key", "id", "idempotency-key",
+	"interval", "limit", "max-attempts", "metadata", "name", "priority", "route",
+	"status", "tenant", "token", "url", NULL,
 };
+
+/* The short options that take a value (as "-c VALUE"; "-cVALUE" holds it). */
+static const char short_value_options[] = "c";
 
 static bool option_takes_value(const char *arg)
 {
+	if (arg[0] == '-' && arg[1] && arg[1] != '-' && !arg[2])
+		return strchr(short_value_options, arg[1]) != NULL;
 	if (arg[0] != '-' || arg[1] != '-' || strchr(arg, '='))
 		return false;
 	return str_in_list(arg + 2, value_options);
@@ -2436,77 +2445,201 @@ static char *token_from_stdin(void)
 	return tok;
 }
 
+/*
+ * The database of the token commands: --database, else the database of
+ * -c FILE (read and checked as batchd reads it, ${...} expansions and the
+ * BATCHD_DATABASE override included), else BATCHD_DATABASE.  *cfg keeps the
+ * configuration that owns the string.  EXIT_OK, or EXIT_USAGE (reported).
+ */
+static int token_database(const Command *cmd, const char *opt, const char *config_path,
+			  Config **cfg, const char **conninfo)
+{
+	char err[512];
+
+	*conninfo = opt && *opt ? opt : NULL;
+	if (!*conninfo && config_path) {
+		*cfg = config_load(config_path, err, sizeof(err));
+		if (!*cfg) {
+			msg_error("%s", err);
+			return EXIT_USAGE;
+		}
+		*conninfo = (*cfg)->database;
+	}
+	if (!*conninfo || !**conninfo)
+		*conninfo = getenv("BATCHD_DATABASE");
+	/* empty would silently mean libpq's defaults: likely a mistake */
+	if (!*conninfo || !**conninfo)
+		return usage_error(cmd, "no database: pass --database CONNINFO or -c FILE, or set "
+				   "BATCHD_DATABASE");
+	return EXIT_OK;
+}
+
+/* A token list cell: the column's text, "-" for NULL. */
+static char *pg_cell(const PGresult *res, int row, int col)
+{
+	return xstrdup(PQgetisnull(res, row, col) ? "-" : PQgetvalue(res, row, col));
+}
+
+/* `token list`: the rows of token_list_sql as a table, or JSON. */
+static int token_list_show(const Ctl *ctl, const PGresult *res)
+{
+	static const char *const head[] = { "ID", "TENANT", "CREATED", "LAST USED", "REVOKED" };
+	static const char *const names[] = { "id", "tenant", "created_at", "last_used_at",
+		"revoked_at" };
+	int n = PQntuples(res), i, c;
+	bool ok = true;
+	StrBuf sb;
+	Table t;
+
+	if (ctl->json) {
+		sb_init(&sb);
+		sb_puts(&sb, "{\"tokens\":[");
+		for (i = 0; i < n; i++) {
+			sb_puts(&sb, i ? ",{" : "{");
+			for (c = 0; c < 5; c++) {
+				const char *v = PQgetvalue(res, i, c);
+
+				sb_printf(&sb, "%s\"%s\":", c ? "," : "", names[c]);
+				if (PQgetisnull(res, i, c))
+					sb_puts(&sb, "null");
+				else if (c == 0)
+					sb_puts(&sb, v);        /* a bigint */
+				else
+					json_append_string(&sb, v, strlen(v));
+			}
+			sb_putc(&sb, '}');
+		}
+		sb_puts(&sb, "]}\n");
+		ok = out_write(sb.data, sb.len);
+		sb_free(&sb);
+		return ok ? EXIT_OK : EXIT_SERVER;
+	}
+	if (n == 0) {
+		fputs("no tokens\n", stderr);
+		return EXIT_OK;
+	}
+	table_init(&t, head, ARRAY_SIZE(head), 1u << 0);
+	for (i = 0; i < n; i++) {
+		char *row[5];
+
+		for (c = 0; c < 5; c++) {
+			if (c >= 2 && !PQgetisnull(res, i, c)) {
+				sb_init(&sb);
+				ts_short(&sb, PQgetvalue(res, i, c));
+				row[c] = sb_steal(&sb);
+			} else {
+				row[c] = pg_cell(res, i, c);
+			}
+		}
+		table_add(&t, row);
+	}
+	table_print(&t);
+	table_free(&t);
+	return EXIT_OK;
+}
+
+/* Oldest first; a token revoked before revoked_at existed shows "yes". */
+static const char token_list_sql[] =
+	"SELECT t.id, t.tenant, batchd.api_ts(t.created_at), batchd.api_ts(t.last_used_at), "
+	"CASE WHEN t.revoked THEN coalesce(batchd.api_ts(t.revoked_at), 'yes') END "
+	"FROM batchd.api_tokens AS t WHERE $1::text IS NULL OR t.tenant = $1 ORDER BY t.id";
+
+enum TokenCmd { TOK_CREATE, TOK_REVOKE, TOK_LIST };
+
 static int cmd_token(Ctl *ctl, const Command *cmd, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "tenant", required_argument, NULL, OPT_TENANT },
 		{ "database", required_argument, NULL, OPT_DATABASE },
+		{ "config", required_argument, NULL, 'c' },
+		{ "id", required_argument, NULL, OPT_ID },
 		COMMON_OPTS,
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *tenant = NULL, *conninfo = NULL, *sub;
-	char *token = NULL;
+	const char *tenant = NULL, *dbopt = NULL, *config_path = NULL, *conninfo, *sub;
+	const char *params[1];
+	char *token = NULL, idbuf[24];
+	int64_t id = -1;
+	Config *cfg = NULL;
 	PGconn *pg = NULL;
 	PGresult *res = NULL;
-	bool create;
+	enum TokenCmd what;
 	int c, rc;
 
 	if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
 		cmd_help(cmd, stdout);
 		return EXIT_OK;
 	}
-	/* "token --database X create": create/revoke is the first operand */
+	/* "token --database X create": the subcommand is the first operand */
 	c = first_operand(argc, argv, 1);
 	if (c < 0)
-		return usage_error(cmd, "missing 'create' or 'revoke'");
+		return usage_error(cmd, "missing 'create', 'revoke' or 'list'");
 	argv_move(argv, c, 1);
 	sub = argv[1];
-	if (strcmp(sub, "create") != 0 && strcmp(sub, "revoke") != 0)
-		return usage_error(cmd, "unknown token command '%s' (create or revoke)", sub);
-	create = sub[0] == 'c';
+	if (strcmp(sub, "create") == 0)
+		what = TOK_CREATE;
+	else if (strcmp(sub, "revoke") == 0)
+		what = TOK_REVOKE;
+	else if (strcmp(sub, "list") == 0)
+		what = TOK_LIST;
+	else
+		return usage_error(cmd, "unknown token command '%s' (create, revoke or list)", sub);
 	argc--;
 	argv++;
 	opt_begin();
-	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":hc:", opts, NULL)) != -1) {
 		rc = OPT_HANDLED;
 		if (c == OPT_TENANT)
 			tenant = optarg;
 		else if (c == OPT_DATABASE)
-			conninfo = optarg;
+			dbopt = optarg;
+		else if (c == 'c')
+			config_path = optarg;
+		else if (c == OPT_ID)
+			rc = opt_int(cmd, "--id", optarg, 1, INT64_MAX, &id);
 		else
 			rc = opt_common(ctl, cmd, c, argv);
 		if (rc != OPT_HANDLED)
 			return rc;
 	}
-	if (create) {
+	if (what != TOK_REVOKE && id >= 0)
+		return usage_error(cmd, "--id is for token revoke");
+	switch (what) {
+	case TOK_CREATE:
 		if (!tenant || !*tenant)
 			return usage_error(cmd, "token create needs --tenant TENANT");
 		if (optind < argc)
 			return usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-	} else {
+		break;
+	case TOK_LIST:
+		if (tenant && !*tenant)
+			return usage_error(cmd, "--tenant must not be empty");
+		if (optind < argc)
+			return usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+		break;
+	case TOK_REVOKE:
 		if (tenant)
-			return usage_error(cmd, "--tenant is for token create");
-		if (optind >= argc)
+			return usage_error(cmd, "--tenant is for token create and token list");
+		if (id >= 0 && optind < argc)
+			return usage_error(cmd, "token revoke takes the TOKEN or --id ID, not both");
+		if (id < 0 && optind >= argc)
 			return usage_error(cmd, "token revoke needs the TOKEN (or - to read "
-					   "it from standard input)");
+					   "it from standard input, or --id ID)");
 		if (optind + 1 < argc)
 			return usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
+		break;
 	}
-	if (!conninfo || !*conninfo)
-		conninfo = getenv("BATCHD_DATABASE");
-	/* empty would silently mean libpq's defaults: likely a mistake */
-	if (!conninfo || !*conninfo)
-		return usage_error(cmd, "no database: pass --database CONNINFO or set "
-				   "BATCHD_DATABASE");
-	if (!create) {
+	if ((rc = token_database(cmd, dbopt, config_path, &cfg, &conninfo)) != EXIT_OK)
+		goto out;
+	if (what == TOK_REVOKE && id < 0) {
 		token = xstrdup(argv[optind]);
 		if (strcmp(token, "-") == 0) {
 			free(token);
 			token = token_from_stdin();
 		}
 		if (!token || !*token) {
-			free(token);
-			return usage_error(cmd, "empty token");
+			rc = usage_error(cmd, "empty token");
+			goto out;
 		}
 	}
 
@@ -2514,22 +2647,39 @@ static int cmd_token(Ctl *ctl, const Command *cmd, int argc, char **argv)
 	pg = db_connect(conninfo);
 	if (!pg)
 		goto out;
-	if (create) {
-		const char *params[] = { tenant };
-
+	switch (what) {
+	case TOK_CREATE:
+		params[0] = tenant;
 		res = PQexecParams(pg, "SELECT batchd.create_token($1)", 1, NULL, params, NULL,
 				   NULL, 0);
-	} else {
-		const char *params[] = { token };
-
-		res = PQexecParams(pg, "SELECT batchd.revoke_token($1)", 1, NULL, params, NULL,
-				   NULL, 0);
+		break;
+	case TOK_REVOKE:
+		if (id >= 0) {
+			snprintf(idbuf, sizeof(idbuf), "%" PRId64, id);
+			params[0] = idbuf;
+			res = PQexecParams(pg, "SELECT batchd.revoke_token_id($1::bigint)", 1, NULL,
+					   params, NULL, NULL, 0);
+		} else {
+			params[0] = token;
+			res = PQexecParams(pg, "SELECT batchd.revoke_token($1)", 1, NULL, params,
+					   NULL, NULL, 0);
+		}
+		break;
+	case TOK_LIST:
+		params[0] = tenant;
+		res = PQexecParams(pg, token_list_sql, 1, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 5) {
+			db_report(pg, res);
+			goto out;
+		}
+		rc = token_list_show(ctl, res);
+		goto out;
 	}
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 1) {
 		db_report(pg, res);
 		goto out;
 	}
-	if (create) {
+	if (what == TOK_CREATE) {
 		const char *tok = PQgetvalue(res, 0, 0);
 		StrBuf sb;
 
@@ -2560,6 +2710,8 @@ static int cmd_token(Ctl *ctl, const Command *cmd, int argc, char **argv)
 			printf("revoked\n");
 		if (revoked)
 			rc = EXIT_OK;
+		else if (id >= 0)
+			msg_error("no token with id %" PRId64 " (or already revoked)", id);
 		else
 			msg_error("no such token (or already revoked)");
 	}
@@ -2568,6 +2720,7 @@ out:
 	if (pg)
 		PQfinish(pg);
 	free(token);
+	config_free(cfg);
 	return rc;
 }
 
@@ -2593,8 +2746,11 @@ static const Command commands[] = {
 	  "  --max-attempts N         1 to 100 (server default 3)\n"
 	  "  --group-key FIELD        payload field (dotted path) grouping the items\n"
 	  "  --metadata JSON          a JSON object kept with the batch\n"
-	  "  --idempotency-key KEY    repeating a submit with the same key returns\n"
-	  "                           the batch created the first time\n"
+	  "  --idempotency-key KEY    repeating the same submit with the same key\n"
+	  "                           returns the batch created the first time; a\n"
+	  "                           different one under a key used less than the\n"
+	  "                           server's idempotency_ttl (24h) ago is refused\n"
+	  "                           (HTTP 422, exit 3)\n"
 	  "  --format jsonl|csv       input format (default: guessed)\n"
 	  "  --wait                   then watch the batch until it ends (progress on\n"
 	  "                           stderr); exit 1 unless it ends 'completed'\n"
@@ -2638,14 +2794,25 @@ static const Command commands[] = {
 	  "age of the last heartbeat (by this machine's clock), alive or dead.\n"
 	  "With --json, the server's whole /v1/status answer.\n" },
 	{ "token", cmd_token,
-	  "token create --tenant TENANT | token revoke TOKEN|- [--database CONNINFO]",
-	  "Create or revoke API tokens.  This talks to PostgreSQL directly (an admin\n"
-	  "operation): the database is --database CONNINFO or BATCHD_DATABASE.\n"
+	  "token create --tenant TENANT | token revoke TOKEN|-|--id ID | token list "
+	  "[--tenant TENANT] [-c FILE | --database CONNINFO]",
+	  "Create, revoke or list API tokens.  This talks to PostgreSQL directly (an\n"
+	  "admin operation): the database is --database CONNINFO, else the database\n"
+	  "of the batchd configuration -c FILE (read as batchd reads it: ${VAR},\n"
+	  "${file:PATH} and ${credential:NAME} expanded, BATCHD_DATABASE overriding\n"
+	  "it), else BATCHD_DATABASE.\n"
 	  "\n"
 	  "  token create --tenant TENANT   print a new token for TENANT; it is shown\n"
 	  "                                 this once only\n"
 	  "  token revoke TOKEN             revoke it (- reads TOKEN from standard\n"
-	  "                                 input); exit 3 when no such token\n" },
+	  "                                 input); exit 3 when no such token\n"
+	  "  token revoke --id ID           revoke the token with this id (token list)\n"
+	  "  token list [--tenant TENANT]   the tokens, oldest first: id, tenant,\n"
+	  "                                 created, last used (updated at most once\n"
+	  "                                 a minute), revoked; with --json, an object\n"
+	  "                                 {\"tokens\":[...]} (RFC 3339 timestamps)\n"
+	  "  -c, --config FILE              take the database from this batchd.ini\n"
+	  "  --database CONNINFO            the database (libpq conninfo or URI)\n" },
 	{ "help", cmd_helpcmd, "help [COMMAND]",
 	  "Help on batchctl or on one command.\n" },
 };

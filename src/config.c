@@ -508,6 +508,7 @@ static const ConfigKey batchd_keys[] = {
 	{ "flush_interval", set_duration, CFG(flush_interval_ms), 0, 60 * 1000, false },
 	{ "flush_size", set_int, CFG(flush_size), 1, 100000, false },
 	{ "heartbeat_interval", set_duration, CFG(heartbeat_interval_ms), 100, HOUR_MS, false },
+	{ "idempotency_ttl", set_duration, CFG(idempotency_ttl_ms), 60 * 1000, 3650 * DAY_MS, false },
 	{ "lease_timeout", set_duration, CFG(lease_timeout_ms), 1000, DAY_MS, false },
 	{ "listen", set_listen, CFG(listen), 1, 0, false },
 	{ "log_format", set_log_format, CFG(log_format), 0, 0, false },
@@ -1035,6 +1036,7 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	cfg->lease_timeout_ms = 30 * 1000;
 	cfg->max_body_size = 64LL * 1024 * 1024;
 	cfg->retention_ms = 0;
+	cfg->idempotency_ttl_ms = DAY_MS;
 	cfg->watchdog_db_grace_ms = 60 * 1000;
 	ctx.cfg = cfg;
 

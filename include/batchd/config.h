@@ -91,6 +91,7 @@ typedef struct Config {
 	int64_t lease_timeout_ms;  /* a worker silent this long is dead, default 30s */
 	int64_t max_body_size;     /* REST request bodies, default 64 MiB */
 	int64_t retention_ms;      /* delete finished batches older; 0: keep (default) */
+	int64_t idempotency_ttl_ms; /* a submit's Idempotency-Key lives this long, default 24h */
 	int64_t watchdog_db_grace_ms; /* stop watchdog pings after the db is away this long, default 60s */
 	Provider **providers;
 	int nproviders;

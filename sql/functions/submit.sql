@@ -179,17 +179,41 @@ $fn$;
 COMMENT ON FUNCTION batchd.submit_batch(text, text, jsonb, jsonb) IS
     'Validate and store a batch with its items; returns the batch id. Bad input raises SQLSTATE 22023 and stores nothing.';
 
--- batchd.api_submit(tenant, route, items, options, idempotency_key) -> (id, created)
+-- batchd.api_submit(tenant, route, items, options, idempotency_key,
+--                   idempotency_ttl) -> (id, created)
 --
 -- submit_batch() (same validation, same SQLSTATE 22023 on bad input), plus an
--- optional idempotency key: when the tenant already has a batch with this
--- key, nothing is inserted and that batch is returned with created = false.
+-- optional idempotency key, kept with the batch together with the SHA-256 of
+-- the request: the jsonb text of [route, items, options without their JSON
+-- null values] (jsonb's text is canonical: key order, spacing and escapes of
+-- the body do not matter). When the tenant has a batch with this key,
+-- created less than idempotency_ttl ago (default 24 hours; batchd passes its
+-- idempotency_ttl setting):
+--   * the same request: nothing is inserted, that batch is returned with
+--     created = false;
+--   * another request: SQLSTATE BD422 (HTTP 422 idempotency_key_reused), with
+--     a message that names the key and the batch; nothing is inserted.
+-- A batch from before migration 012 has no hash: it is returned, whatever
+-- the request. A key used longer ago has expired: a new batch is created and
+-- takes the key over (the old batch's key and hash are cleared). A key also
+-- ends with its batch (delete_batch, purge_finished).
+--
 -- Two concurrent submits with the same key: both insert, the second one's key
 -- update waits on the unique index for the first to commit, then fails with
 -- unique_violation; its subtransaction (its batch and items) is rolled back and
--- it returns the first batch. If the first rolls back instead, the second wins.
+-- it answers as if the first batch had been there already (the first batch, or
+-- BD422). If the first rolls back instead, the second wins.
+--
+-- Lock order: taking over an expired key locks that one old batch row (FOR
+-- UPDATE: the key is a unique index column) after submit_batch() inserted the
+-- new batch, its items and group rows; the only other row lock this function
+-- holds then is on the new batch, which nobody else can see. So it waits for
+-- a batch row (class 3) only after the group rows (class 2), as the lock
+-- order says (sql/README).
+DROP FUNCTION IF EXISTS batchd.api_submit(text, text, jsonb, jsonb, text);
 CREATE OR REPLACE FUNCTION batchd.api_submit(p_tenant text, p_route text, p_items jsonb,
-                                  p_options jsonb, p_idempotency_key text)
+                                  p_options jsonb, p_idempotency_key text,
+                                  p_idempotency_ttl interval DEFAULT interval '24 hours')
 RETURNS TABLE (id uuid, created boolean)
 LANGUAGE plpgsql
 VOLATILE
@@ -197,7 +221,12 @@ SET search_path = pg_catalog, batchd
 AS $fn$
 #variable_conflict use_column
 DECLARE
-    v_id uuid;
+    v_id      uuid;
+    v_hash    bytea;
+    v_opts    jsonb;
+    v_old     uuid;
+    v_oldhash bytea;
+    v_at      timestamptz;
 BEGIN
     IF p_idempotency_key IS NULL THEN
         RETURN QUERY SELECT batchd.submit_batch(p_tenant, p_route, p_items, p_options), true;
@@ -207,25 +236,60 @@ BEGIN
         RAISE EXCEPTION 'idempotency key must have 1 to 200 characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF p_idempotency_ttl IS NULL OR p_idempotency_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'idempotency_ttl must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
-    SELECT b.id INTO v_id
+    -- The request's hash. Options that are not an object are hashed as they
+    -- are (submit_batch() refuses them anyway).
+    v_opts := coalesce(p_options, '{}');
+    IF jsonb_typeof(v_opts) = 'object' THEN
+        SELECT coalesce(jsonb_object_agg(o.key, o.value), '{}') INTO v_opts
+          FROM jsonb_each(v_opts) AS o
+         WHERE jsonb_typeof(o.value) <> 'null';
+    END IF;
+    v_hash := sha256(convert_to(jsonb_build_array(p_route, p_items, v_opts)::text, 'UTF8'));
+
+    SELECT b.id, b.idempotency_hash, b.created_at INTO v_old, v_oldhash, v_at
       FROM batchd.batches AS b
      WHERE b.tenant = p_tenant AND b.idempotency_key = p_idempotency_key;
     IF FOUND THEN
-        RETURN QUERY SELECT v_id, false;
-        RETURN;
+        IF v_at > now() - p_idempotency_ttl THEN
+            IF v_oldhash IS NOT NULL AND v_oldhash <> v_hash THEN
+                RAISE EXCEPTION 'Idempotency-Key "%" was already used for another request (batch %): use a new key for a new batch', p_idempotency_key, v_old
+                    USING ERRCODE = 'BD422';
+            END IF;
+            RETURN QUERY SELECT v_old, false;
+            RETURN;
+        END IF;
+    ELSE
+        v_old := NULL;
     END IF;
 
     BEGIN
         v_id := batchd.submit_batch(p_tenant, p_route, p_items, p_options);
+        IF v_old IS NOT NULL THEN
+            -- the key has expired: take it over (a concurrent taker that got
+            -- here first leaves this row without the key: nothing to do)
+            UPDATE batchd.batches AS b
+               SET idempotency_key = NULL, idempotency_hash = NULL
+             WHERE b.id = v_old AND b.idempotency_key = p_idempotency_key;
+        END IF;
         -- The new batch row is ours alone until commit: no lock order issue.
-        UPDATE batchd.batches AS b SET idempotency_key = p_idempotency_key WHERE b.id = v_id;
+        UPDATE batchd.batches AS b
+           SET idempotency_key = p_idempotency_key, idempotency_hash = v_hash
+         WHERE b.id = v_id;
     EXCEPTION WHEN unique_violation THEN
-        SELECT b.id INTO v_id
+        SELECT b.id, b.idempotency_hash INTO v_id, v_oldhash
           FROM batchd.batches AS b
          WHERE b.tenant = p_tenant AND b.idempotency_key = p_idempotency_key;
         IF NOT FOUND THEN
             RAISE;
+        END IF;
+        IF v_oldhash IS NOT NULL AND v_oldhash <> v_hash THEN
+            RAISE EXCEPTION 'Idempotency-Key "%" was already used for another request (batch %): use a new key for a new batch', p_idempotency_key, v_id
+                USING ERRCODE = 'BD422';
         END IF;
         RETURN QUERY SELECT v_id, false;
         RETURN;
@@ -234,5 +298,5 @@ BEGIN
 END
 $fn$;
 
-COMMENT ON FUNCTION batchd.api_submit(text, text, jsonb, jsonb, text) IS
-    'submit_batch() with an optional per-tenant idempotency key; returns (id, created).';
+COMMENT ON FUNCTION batchd.api_submit(text, text, jsonb, jsonb, text, interval) IS
+    'submit_batch() with an optional per-tenant idempotency key, kept for idempotency_ttl with the request''s SHA-256; returns (id, created); another request under a live key raises BD422.';

@@ -55,6 +55,27 @@ $fn$;
 COMMENT ON FUNCTION batchd.revoke_token(text) IS
     'Revoke a REST API token; true when a live token was revoked.';
 
+-- batchd.revoke_token_id(id) -> true when a live token was revoked: the same
+-- by the token's id (batchd.api_tokens.id, as `batchctl token list` shows
+-- it), for a token nobody has any more.
+CREATE OR REPLACE FUNCTION batchd.revoke_token_id(p_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, batchd
+AS $fn$
+BEGIN
+    UPDATE batchd.api_tokens
+       SET revoked = true, revoked_at = now()
+     WHERE id = p_id
+       AND NOT revoked;
+    RETURN FOUND;
+END
+$fn$;
+
+COMMENT ON FUNCTION batchd.revoke_token_id(bigint) IS
+    'Revoke a REST API token by its id; true when a live token was revoked.';
+
 -- batchd.api_authenticate(sha256 of the token) -> tenant, or NULL for an
 -- unknown or revoked token. Refreshes last_used_at at most once a minute per
 -- token, and never waits for that: a row another request is refreshing right

@@ -9,10 +9,13 @@ DROP FUNCTION batchd.retry_batch(text, uuid);
 DROP TRIGGER batches_cancelled_finished ON batchd.batches;
 DROP FUNCTION batchd.batches_cancelled_finished();
 DROP FUNCTION batchd.cancel_batch(text, uuid);
-DROP FUNCTION batchd.api_submit(text, text, jsonb, jsonb, text);
+-- IF EXISTS: from 012 on api_submit has six arguments, and 012's down drops it.
+DROP FUNCTION IF EXISTS batchd.api_submit(text, text, jsonb, jsonb, text);
 DROP FUNCTION batchd.api_ts(timestamptz);
 DROP FUNCTION batchd.api_authenticate(bytea);
 DROP FUNCTION batchd.revoke_token(text);
+-- IF EXISTS: revoke_token_id came later (functions/tokens.sql, with 012).
+DROP FUNCTION IF EXISTS batchd.revoke_token_id(bigint);
 DROP FUNCTION batchd.create_token(text);
 
 DROP TABLE batchd.api_tokens;

@@ -213,6 +213,7 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->lease_timeout_ms, 30000);
 	assert_int_equal(cfg->max_body_size, 64 * 1024 * 1024);
 	assert_int_equal(cfg->retention_ms, 0);
+	assert_int_equal(cfg->idempotency_ttl_ms, 86400LL * 1000);
 	assert_int_equal(cfg->watchdog_db_grace_ms, 60000);
 	/* [provider p] */
 	assert_true(p->rate == 0.0);
@@ -254,6 +255,7 @@ static void test_new_keys(void **state)
 		"lease_timeout = 4s\n"             /* exactly twice: allowed */
 		"max_body_size = 1KB\n"
 		"retention = 30d\n"
+		"idempotency_ttl = 7d\n"
 		"watchdog_db_grace = 90s\n"
 		"[provider p]\n"
 		"url = http://h/{id}\n"
@@ -298,6 +300,7 @@ static void test_new_keys(void **state)
 	assert_int_equal(cfg->lease_timeout_ms, 4000);
 	assert_int_equal(cfg->max_body_size, 1024);
 	assert_int_equal(cfg->retention_ms, 30LL * 86400 * 1000);
+	assert_int_equal(cfg->idempotency_ttl_ms, 7LL * 86400 * 1000);
 	assert_int_equal(cfg->watchdog_db_grace_ms, 90000);
 
 	p = cfg->providers[0];
@@ -359,6 +362,7 @@ static void test_new_keys(void **state)
 		      "lease_timeout = 1s\n"
 		      "max_body_size = 1GB\n"
 		      "retention = 1h\n"
+		      "idempotency_ttl = 1m\n"
 		      "watchdog_db_grace = 1s\n"
 		      "[provider big]\n"
 		      "url = http://h/\n"
@@ -376,6 +380,7 @@ static void test_new_keys(void **state)
 	assert_int_equal(cfg->lease_timeout_ms, 1000);
 	assert_int_equal(cfg->max_body_size, 1024LL * 1024 * 1024);
 	assert_int_equal(cfg->retention_ms, 3600 * 1000);
+	assert_int_equal(cfg->idempotency_ttl_ms, 60 * 1000);
 	assert_int_equal(cfg->watchdog_db_grace_ms, 1000);
 	p = config_find_provider(cfg, "big");
 	assert_true(p->rate == 1000000.0);
@@ -433,6 +438,10 @@ static void test_errors_new_batchd(void **state)
 		 "retention: duration '30m' out of range (0 or 3600000ms to 315360000000ms)");
 	load_err("[batchd]\nretention = 3651d\n", 2,
 		 "retention: duration '3651d' out of range (0 or 3600000ms to 315360000000ms)");
+	load_err("[batchd]\nidempotency_ttl = 59s\n", 2,
+		 "idempotency_ttl: duration '59s' out of range (60000ms to 315360000000ms)");
+	load_err("[batchd]\nidempotency_ttl = 0\n", 2,
+		 "idempotency_ttl: duration '0' out of range (60000ms to 315360000000ms)");
 	load_err("[batchd]\nretention = forever\n", 2,
 		 "retention: invalid duration 'forever' (expected e.g. 250ms, 5s, 2m, 1h, 30d)");
 	load_err("[batchd]\nwatchdog_db_grace = 500ms\n", 2,
