@@ -2,23 +2,33 @@
  * limiter.c - per-provider concurrency window (limiter.h has the rules).
  *
  * The constants, and why:
- *  - slow start +1 per success: TCP's rule; a window of W answered
+ *  - slow start +1 per success, counted when the window was at least half
+ *    used (TCP's rule, and AIMDLimit's inflight * 2 >= limit); a window of W answered
  *    successes becomes 2W, so a healthy provider is at its cap after
  *    log2(cap / initial) round trips, and one failing from the first
  *    request never sees more than the initial window.
  *  - 0.5 on overload (429, 503, timeout): the provider says it is over
  *    capacity; slow start can overshoot by up to 2x, and halving removes
  *    that in one round trip (TCP Reno's factor).
- *  - 0.9 on other transient failures (Netflix concurrency-limits' AIMD
- *    default): a 500 is as often a bad item as load, so it slows growth
+ *  - 0.9 on other transient failures (the backoff ratio of Netflix
+ *    concurrency-limits' AIMDLimit): a 500 is as often a bad item as load, so it slows growth
  *    without collapsing the window; the breaker handles a failing provider.
- *  - queueing at 1.3 x the base latency, then down to limit * base / mean:
- *    in-flight / latency is the throughput, times the base latency it is
- *    the number the provider serves at once (Little's law), so one step
- *    lands at its capacity; 1.3 leaves room for the jitter of a round's
- *    mean at no load (Envoy's adaptive concurrency uses a 25 % buffer).
- *  - additive increase of sqrt(limit) per round (Envoy's headroom): +1 per
- *    round, TCP's, needs minutes to reach a limit in the hundreds.
+ *  - queueing at 1.2 x the base latency, then down to what the provider
+ *    serves at once: in-flight / latency is its throughput, times the base
+ *    latency the number it serves without queueing (Little's law), so one
+ *    step lands at its capacity.  Envoy's gradient controller keeps a
+ *    buffer over its minRTT, Netflix's Gradient2 a tolerance of 1.5; on the
+ *    simulated provider of test_limiter (capacity 50) 1.25 lets the limit
+ *    swing up to 85 and 1.15 lets jitter take it down, so 1.2.  The
+ *    3 standard errors of the round's mean
+ *    keep a jittery provider that does not queue from being cut: its round
+ *    means vary by sd / sqrt(n), while a queue moves every answer.
+ *  - rounds of at least 16 answers: a mean of fewer is all jitter (100 to
+ *    300 ms uniform latency took a ceiling-20 limit down to 1 with rounds
+ *    of 1 to 4 answers).
+ *  - additive increase of 0.3 sqrt(limit) per round (Envoy adds sqrt as
+ *    headroom): +1 per round, TCP's, needs minutes to reach a limit in the
+ *    hundreds; 0.5 sqrt overshoots the detection lag of about one round.
  *  - base latency: the lowest round mean of this 10 s window and the one
  *    before, so a provider that became slower at no load is followed within
  *    20 s; round means, not single answers, so jitter does not make the
@@ -51,6 +61,7 @@ static void round_begin(Limiter *l)
 	l->round_seq = l->next_seq;
 	l->round_ok = 0;
 	l->round_lat_sum = 0;
+	l->round_lat_sq_sum = 0;
 	l->round_inflight_sum = 0;
 	l->round_max_used = 0;
 	l->round_failed = false;
@@ -186,7 +197,7 @@ static void base_sample(Limiter *l, int64_t now_us, double mean_us)
 /* Adaptive: the end of a round. */
 static void round_end(Limiter *l, int64_t now_us, const LimiterTicket *t)
 {
-	double mean, base, served;
+	double mean, base, sd, noise, served;
 
 	if (l->round_ok == 0 || l->round_failed) {
 		round_begin(l);
@@ -195,7 +206,11 @@ static void round_end(Limiter *l, int64_t now_us, const LimiterTicket *t)
 	mean = l->round_lat_sum / l->round_ok;
 	base_sample(l, now_us, mean);
 	base = base_latency(l);
-	if (t->seq >= l->decrease_seq && mean > base * LIMITER_QUEUE_RATIO) {
+	/* the jitter of a round's mean: LIMITER_NOISE_SE standard errors */
+	sd = l->round_lat_sq_sum / l->round_ok - mean * mean;
+	sd = sd > 0 ? sqrt(sd) : 0;
+	noise = LIMITER_NOISE_SE * sd / sqrt(l->round_ok);
+	if (t->seq >= l->decrease_seq && mean > base * LIMITER_QUEUE_RATIO + noise) {
 		/* what the provider serves at once: the requests in flight when
 		 * these started, times base / latency (Little's law) */
 		served = l->round_inflight_sum / l->round_ok * base / mean;
@@ -239,6 +254,7 @@ void limiter_on_result(Limiter *l, int64_t now_us, const LimiterTicket *t,
 			return;
 		l->round_ok++;
 		l->round_lat_sum += (double)(now_us - t->start_us);
+		l->round_lat_sq_sum += (double)(now_us - t->start_us) * (double)(now_us - t->start_us);
 		l->round_inflight_sum += t->inflight + 1;
 		if (used > l->round_max_used)
 			l->round_max_used = used;
@@ -252,7 +268,9 @@ void limiter_on_result(Limiter *l, int64_t now_us, const LimiterTicket *t,
 		}
 		l->round_failed = true;
 	}
-	if (t->seq >= l->round_seq)
+	/* a round: one round trip, and enough answers for a mean that jitter
+	 * does not move much */
+	if (t->seq >= l->round_seq && l->round_ok + l->round_failed >= LIMITER_ROUND_MIN)
 		round_end(l, now_us, t);
 }
 

@@ -27,18 +27,22 @@
  *   - LIM_OVERLOAD (429, 503, timeout): limit * LIMITER_MD_OVERLOAD (0.5);
  *   - LIM_TRANSIENT (other transient failures): limit * LIMITER_MD_TRANSIENT
  *     (0.9), mild because a transient failure is not necessarily load;
- *   - at most one decrease per round trip: after a decrease, failures of
+ *   - at most one decrease per round trip: after a decrease, answers to
  *     requests started before it are not counted again;
- *   - a round trip ("round") ends at the first answer to a request started
- *     after the round began.  At the end of a round without failures, the
- *     mean latency of its successes is compared with the base latency (the
- *     lowest round mean over the last one or two LIMITER_BASE_WINDOW_US
- *     windows, so it is measured again every 10 to 20 s).  Above
- *     LIMITER_QUEUE_RATIO (1.3) times the base the provider is queueing: the
- *     limit becomes limit * base / mean (Little's law: what the provider
- *     serves without queueing), at least limit * 0.5;
+ *   - a round ends at the first answer to a request started after the
+ *     round began, once the round holds LIMITER_ROUND_MIN (16) answers (so a
+ *     round is one round trip, or more at a small window).  At the end of a
+ *     round without failures, the mean latency of its successes is compared
+ *     with the base latency: the lowest round mean over the last one or two
+ *     LIMITER_BASE_WINDOW_US windows (so it is measured again every 10 to
+ *     20 s).  Above base * LIMITER_QUEUE_RATIO (1.2) plus LIMITER_NOISE_SE (3)
+ *     standard errors of the round's mean (the provider's jitter), the
+ *     provider is queueing: the limit becomes what it serves at once, the
+ *     requests in flight when the round's answers started times
+ *     base / mean (Little's law), and at least limit * 0.5;
  *   - otherwise, once out of slow start and with the window at least half
- *     used, the limit grows by max(1, sqrt(limit)) per round;
+ *     used, the limit grows by max(1, LIMITER_AI_SQRT * sqrt(limit)) per
+ *     round (0.3 sqrt);
  *   - floor 1, ceiling cfg.cap.  The first decrease ends slow start.
  */
 #ifndef BATCHD_LIMITER_H
@@ -49,11 +53,13 @@
 
 #define LIMITER_IDLE_US        (30 * 1000000LL) /* idle: slow start again */
 #define LIMITER_BASE_WINDOW_US (10 * 1000000LL) /* base latency re-measured */
-#define LIMITER_QUEUE_RATIO    1.25             /* mean/base above: queueing */
+#define LIMITER_QUEUE_RATIO    1.2              /* mean/base above: queueing */
 #define LIMITER_MD_OVERLOAD    0.5
 #define LIMITER_MD_TRANSIENT   0.9
 #define LIMITER_MD_QUEUE_MIN   0.5              /* latency decrease floor */
-#define LIMITER_AI_SQRT        0.5              /* growth per round: 0.5 sqrt(limit) */
+#define LIMITER_ROUND_MIN      16               /* answers in a round, at least */
+#define LIMITER_NOISE_SE       3.0              /* standard errors of a round mean */
+#define LIMITER_AI_SQRT        0.3              /* growth per round: 0.3 sqrt(limit) */
 #define LIMITER_AUTO_CEILING   1000             /* auto without N: at most this */
 
 enum LimiterResult {
@@ -99,6 +105,7 @@ typedef struct Limiter {
 	/* the current round */
 	int round_ok;
 	double round_lat_sum;     /* microseconds, successes */
+	double round_lat_sq_sum;  /* squares, for the jitter */
 	double round_inflight_sum;/* ticket.inflight + 1, successes */
 	int round_max_used;       /* most of the window used by a success */
 	bool round_failed;
