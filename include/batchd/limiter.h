@@ -18,7 +18,7 @@
  *  cfg.initial (at most cap) and grows by one per successful answer, so it
  *  doubles per round trip, up to cfg.cap (fixed) or the slow-start
  *  threshold (adaptive).  A success counts only when the window was at
- *  least half used when its request started (an application-limited trickle
+ *  least half used at the start or the end of its request (a trickle
  *  does not open the window).  In fixed mode failures never move the
  *  window: the breaker deals with a failing provider, which therefore
  *  receives about cfg.initial requests before the breaker opens.
