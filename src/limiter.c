@@ -73,6 +73,7 @@ static void slow_start(Limiter *l, double ssthresh)
 	l->limit = cfg_initial(&l->cfg);
 	l->ssthresh = clampd(ssthresh, l->limit, cfg_cap(&l->cfg));
 	l->phase = l->limit < l->ssthresh ? LIM_SLOW_START : LIM_STEADY;
+	l->ss_streak = 0;
 	round_begin(l);
 }
 
@@ -241,6 +242,9 @@ void limiter_on_result(Limiter *l, int64_t now_us, const LimiterTicket *t,
 		/* slow start: +1 when the window was at least half used */
 		if (l->phase == LIM_SLOW_START && 2 * used >= t->window) {
 			l->limit += 1;
+			if (l->cfg.ss_jump && !l->cfg.adaptive &&
+			    ++l->ss_streak >= cfg_initial(&l->cfg))
+				l->limit = l->ssthresh;
 			if (l->limit >= l->ssthresh) {
 				l->limit = l->ssthresh;
 				l->phase = LIM_STEADY;
@@ -260,6 +264,7 @@ void limiter_on_result(Limiter *l, int64_t now_us, const LimiterTicket *t,
 			l->round_max_used = used;
 	} else {
 		/* fixed: failures never move the window (the breaker acts) */
+		l->ss_streak = 0;
 		if (!l->cfg.adaptive)
 			return;
 		if (t->seq >= l->decrease_seq) {

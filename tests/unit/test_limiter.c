@@ -75,6 +75,77 @@ static void test_slow_start_doubles_per_round_trip(void **state)
 	}
 }
 
+/* ss_jump: the cap after initial successes in a row; failures in between
+ * start the count again, and a failing provider stays at initial. */
+static void test_slow_start_jump(void **state)
+{
+	LimiterConfig c = { .initial = 5, .cap = 1000, .ss_jump = true };
+	LimiterTicket t[1000];
+	Limiter l;
+	int n;
+
+	(void)state;
+	limiter_init(&l, &c, 0);
+	n = start_all(&l, 0, t, 1000);
+	assert_int_equal(n, 5);
+	finish_all(&l, 200 * MS, t, 4, LIM_OK);
+	assert_int_equal(limiter_window(&l, 200 * MS), 9);
+	finish_all(&l, 200 * MS, t + 4, 1, LIM_OK);
+	assert_int_equal(limiter_window(&l, 200 * MS), 1000);
+	assert_int_equal(l.phase, LIM_STEADY);
+	/* a failure in between: doubling goes on, the count starts again */
+	limiter_init(&l, &c, 0);
+	n = start_all(&l, 0, t, 1000);
+	finish_all(&l, 0, t, 3, LIM_OK);
+	finish_all(&l, 0, t + 3, 1, LIM_TRANSIENT);
+	finish_all(&l, 0, t + 4, 1, LIM_OK);
+	assert_int_equal(limiter_window(&l, 0), 9);
+	/* failing from the first request */
+	limiter_init(&l, &c, 0);
+	for (int i = 0; i < 10; i++) {
+		n = start_all(&l, 0, t, 1000);
+		assert_int_equal(n, 5);
+		finish_all(&l, 0, t, n, LIM_TRANSIENT);
+	}
+	/* adaptive ignores it: doubling */
+	c.adaptive = true;
+	limiter_init(&l, &c, 0);
+	n = start_all(&l, 0, t, 1000);
+	finish_all(&l, 0, t, n, LIM_OK);
+	assert_int_equal(limiter_window(&l, 0), 10);
+}
+
+/* B2 of the benchmark: 50,000 items at 200 ms with a cap of 1000, from a
+ * slow start of 5; throughput against 1000 / 0.2 s. */
+static double b2_ratio(bool jump)
+{
+	static LimiterTicket t[1000];
+	LimiterConfig c = { .initial = 5, .cap = 1000, .ss_jump = jump };
+	Limiter l;
+	int64_t now = 0;
+	int done = 0, n;
+
+	limiter_init(&l, &c, 0);
+	while (done < 50000) {
+		n = start_all(&l, now, t, 50000 - done < 1000 ? 50000 - done : 1000);
+		now += 200 * MS;
+		finish_all(&l, now, t, n, LIM_OK);
+		done += n;
+	}
+	return 10.0 * SEC / (double)now;
+}
+
+static void test_slow_start_cost_at_200ms(void **state)
+{
+	double doubling = b2_ratio(false), jump = b2_ratio(true);
+
+	(void)state;
+	print_message("B2-like ramp, 50,000 items at 200 ms, cap 1000: doubling %.3f, "
+		      "ss_jump %.3f of the ideal\n", doubling, jump);
+	assert_true(doubling > 0.85 && doubling < 0.9);
+	assert_true(jump >= 0.98);
+}
+
 static void test_initial_is_at_most_cap(void **state)
 {
 	Limiter l = lim_new(5, 2, false, 0);
@@ -564,6 +635,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_slow_start_doubles_per_round_trip),
+		cmocka_unit_test(test_slow_start_jump),
+		cmocka_unit_test(test_slow_start_cost_at_200ms),
 		cmocka_unit_test(test_initial_is_at_most_cap),
 		cmocka_unit_test(test_trickle_does_not_open_the_window),
 		cmocka_unit_test(test_failing_from_the_first_request),
