@@ -387,6 +387,47 @@ static int set_permanent_on(ConfigCtx *ctx, const ConfigKey *key, void *obj, con
 }
 
 /*
+ * max_concurrency: N (a fixed window), "auto" (adaptive, limiter.h, up to
+ * the route's max_inflight or LIMITER_AUTO_CEILING) or "auto N" (adaptive
+ * with ceiling N).  The adaptive mode is kept in concurrency_auto, with the
+ * ceiling (0: none given) in max_concurrency.
+ */
+static int set_concurrency(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	Provider *p = obj;
+	const char *n;
+	int64_t v;
+
+	if (strncmp(value, "auto", 4) == 0 && (value[4] == '\0' || value[4] == ' ' ||
+						value[4] == '\t')) {
+		n = value + 4 + strspn(value + 4, " \t");
+		if (*n == '\0' && n == value + 4) {
+			p->concurrency_auto = true;
+			p->max_concurrency = 0;
+			return 0;
+		}
+		if (*n != '\0' && parse_int(n, key->min, key->max, &v) == 0) {
+			p->concurrency_auto = true;
+			p->max_concurrency = (int)v;
+			return 0;
+		}
+		ctx_fail(ctx, "%s: invalid ceiling '%s' in '%s' (expected auto N, N an integer "
+			 "from %lld to %lld)", key->name, n, value, (long long)key->min,
+			 (long long)key->max);
+		return -1;
+	}
+	if (parse_int(value, key->min, key->max, &v) < 0) {
+		ctx_fail(ctx, "%s: invalid value '%s' (expected an integer from %lld to %lld, "
+			 "auto, or auto N)", key->name, value, (long long)key->min,
+			 (long long)key->max);
+		return -1;
+	}
+	p->concurrency_auto = false;
+	p->max_concurrency = (int)v;
+	return 0;
+}
+
+/*
  * A PostgreSQL function, "function" or "schema.function", each part
  * [A-Za-z_][A-Za-z0-9_]*.  It is quoted into SQL later, so nothing else
  * passes; a part over 63 bytes (NAMEDATALEN - 1) would be silently
@@ -531,7 +572,7 @@ static const ConfigKey provider_keys[] = {
 	{ "connect_timeout", set_duration, PRV(connect_timeout_ms), 1, DAY_MS, false },
 	{ "header", set_header, 0, 0, 0, true },
 	{ "idempotency_header", set_header_name, PRV(idempotency_header), 0, 0, false },
-	{ "max_concurrency", set_int, PRV(max_concurrency), 1, 100000, false },
+	{ "max_concurrency", set_concurrency, PRV(max_concurrency), 1, 100000, false },
 	{ "max_response_size", set_size, PRV(max_response_size), 1, GB, false },
 	{ "method", set_method, PRV(method), 0, 0, false },
 	{ "permanent_on", set_permanent_on, 0, 0, 0, false },

@@ -1054,6 +1054,25 @@ static int fval_from_json(int f, const jv *j, fval *v, char *numbuf,
 	}
 }
 
+/* The capacity model's settings: global only (g_cap). */
+static const struct {
+	const char *name;
+	long min, max, def;
+} cap_keys[] = {
+	{ "capacity", 0, 1000000, 0 },
+	{ "queue_max", 0, 1000000, 1000000 },
+	{ "overflow_status", 200, 599, 503 },
+};
+#define NCAP_KEYS ((int)(sizeof cap_keys / sizeof cap_keys[0]))
+
+static int cap_key(const char *name, size_t len)
+{
+	for (int k = 0; k < NCAP_KEYS; k++)
+		if (strlen(cap_keys[k].name) == len && !memcmp(cap_keys[k].name, name, len))
+			return k;
+	return -1;
+}
+
 /* Apply the members of JSON object o (except "ids") to b.  null resets a
  * field to its default (global) or removes the override (per id). */
 static int behav_apply_json(behav_t *b, const jv *o, bool global,
@@ -1066,6 +1085,8 @@ static int behav_apply_json(behav_t *b, const jv *o, bool global,
 		int f;
 
 		if (global && o->klens[i] == 3 && !memcmp(o->keys[i], "ids", 3))
+			continue;
+		if (global && cap_key(o->keys[i], o->klens[i]) >= 0)
 			continue;
 		f = field_find(o->keys[i], o->klens[i]);
 		if (f < 0) {
@@ -1225,8 +1246,14 @@ typedef struct pend {
 	int action;
 	bool timer;                      /* timer event pending */
 	bool watch;                      /* watch event pending */
+	int cap;                         /* CAP_*: its place in the capacity model */
+	long service_ms;                 /* its latency once served (CAP_QUEUED) */
+	struct pend *qprev, *qnext;      /* g_capq, while CAP_QUEUED */
 	_Alignas(16) unsigned char ev[]; /* 2 struct event: timer, watch */
 } pend;
+
+/* The capacity model (README): not in it, waiting, being served. */
+enum { CAP_NONE, CAP_QUEUED, CAP_SERVING };
 
 /*
  * The value of request header name; when it was sent more than once, all
@@ -1289,6 +1316,11 @@ static struct {
 	uint64_t duplicate_ids;
 	uint64_t dropped;        /* ended without an answer */
 	uint64_t inflight, max_inflight;
+	double inflight_area;    /* integral of inflight over time, request-seconds */
+	int64_t area_us;         /* time of the last inflight change */
+	int64_t since_us;        /* time of the last reset */
+	uint64_t max_serving, max_queued;
+	uint64_t overflowed;     /* answered overflow_status by the capacity model */
 	uint64_t by_status[NSTATUS];
 	uint64_t by_method[NMETHODS];
 	uint64_t *per_sec;
@@ -1305,7 +1337,19 @@ static hmap g_ids;       /* idrec */
 static hmap g_idcfg;     /* idcfg */
 static logent *g_ring;
 static pend g_pending = { &g_pending, &g_pending, NULL, NULL, 0, 0, 0, 0,
-	false, false };
+	false, false, CAP_NONE, 0, NULL, NULL };
+
+/* The capacity model: global settings (POST /_mock/config), its queue and
+ * its gauges.  capacity 0: off. */
+static struct {
+	long capacity;           /* requests served at once */
+	long queue_max;          /* requests waiting beyond that; more overflow */
+	long overflow_status;    /* the answer beyond the queue, 503 */
+} g_cap = { 0, 1000000, 503 };
+static pend g_capq = { NULL, NULL, NULL, NULL, 0, 0, 0, 0, false, false,
+	CAP_NONE, 0, &g_capq, &g_capq };
+static uint64_t g_serving, g_queued;
+static bool g_stopping;
 static size_t g_evsize;          /* aligned event_get_struct_event_size() */
 static bool g_early_close;       /* backend supports EV_CLOSED */
 
@@ -1404,10 +1448,25 @@ static logent *ring_at(uint64_t seq)
 }
 
 /* The answer (status >= 0) or the drop (status -1) of request seq. */
+/* Account the time at the current inflight, then change it. */
+static void inflight_add(int delta)
+{
+	int64_t t = now_us();
+
+	if (t > st.area_us)
+		st.inflight_area += (double)st.inflight * (double)(t - st.area_us) / 1e6;
+	st.area_us = t;
+	if (delta > 0) {
+		if (++st.inflight > st.max_inflight)
+			st.max_inflight = st.inflight;
+	} else if (delta < 0 && st.inflight) {
+		st.inflight--;
+	}
+}
+
 static void request_done(uint64_t seq, uint64_t gen, int status)
 {
-	if (st.inflight)
-		st.inflight--;
+	inflight_add(-1);
 	if (gen != st.gen)
 		return;         /* from before a reset */
 	if (status >= 0 && status < NSTATUS)
@@ -1458,6 +1517,11 @@ static void stats_reset(void)
 	st.duplicate_ids = 0;
 	st.dropped = 0;
 	st.max_inflight = st.inflight;
+	st.inflight_area = 0;
+	st.area_us = st.since_us = now_us();
+	st.max_serving = g_serving;
+	st.max_queued = g_queued;
+	st.overflowed = 0;
 	memset(st.by_status, 0, sizeof st.by_status);
 	memset(st.by_method, 0, sizeof st.by_method);
 }
@@ -1479,15 +1543,35 @@ static idcfg *idcfg_get(const char *id, size_t len, bool create)
 	return c;
 }
 
+static void cap_dispatch(void);
+
 /* Merge a config object into the global config; atomic (all or nothing). */
 static int config_apply(const jv *o, char *err, size_t errlen)
 {
 	const jv *ids = NULL;
 	behav_t tmp;
+	long cap[NCAP_KEYS] = { g_cap.capacity, g_cap.queue_max, g_cap.overflow_status };
 
 	if (!o || o->t != JT_OBJ) {
 		snprintf(err, errlen, "config must be a JSON object");
 		return -1;
+	}
+	for (size_t i = 0; i < o->n; i++) {
+		int k = cap_key(o->keys[i], o->klens[i]);
+		const jv *v = o->vals[i];
+
+		if (k < 0)
+			continue;
+		if (v->t == JT_NULL) {
+			cap[k] = cap_keys[k].def;
+		} else if (v->t == JT_NUM && v->integral && v->num >= (double)cap_keys[k].min &&
+		    v->num <= (double)cap_keys[k].max) {
+			cap[k] = (long)v->num;
+		} else {
+			snprintf(err, errlen, "%s must be an integer in %ld..%ld",
+			    cap_keys[k].name, cap_keys[k].min, cap_keys[k].max);
+			return -1;
+		}
 	}
 	for (size_t i = 0; i < o->n; i++)
 		if (o->klens[i] == 3 && !memcmp(o->keys[i], "ids", 3))
@@ -1526,6 +1610,10 @@ static int config_apply(const jv *o, char *err, size_t errlen)
 	/* commit */
 	behav_clear(&g_cfg);
 	g_cfg = tmp;
+	g_cap.capacity = cap[0];
+	g_cap.queue_max = cap[1];
+	g_cap.overflow_status = cap[2];
+	cap_dispatch();      /* a larger capacity serves waiting requests now */
 	if (ids && ids->t == JT_NULL)
 		idcfg_clear();
 	for (size_t i = 0; ids && ids->t == JT_OBJ && i < ids->n; i++) {
@@ -1546,6 +1634,15 @@ static void config_json(sb_t *s)
 	bool first = true;
 	behav_json(s, &g_cfg);
 	s->len--; /* reopen the object */
+	for (int k = 0; k < NCAP_KEYS; k++) {
+		long v = k == 0 ? g_cap.capacity : k == 1 ? g_cap.queue_max :
+		    g_cap.overflow_status;
+
+		sb_puts(s, ",\"");
+		sb_puts(s, cap_keys[k].name);
+		sb_puts(s, "\":");
+		sb_i64(s, v);
+	}
 	sb_puts(s, ",\"ids\":{");
 	for (size_t i = 0; i < g_idcfg.n; i++) {
 		const idcfg *c = (const idcfg *)g_idcfg.order[i];
@@ -1635,14 +1732,55 @@ static void pend_unlink(pend *p)
 	p->prev = p->next = p;
 }
 
+static void on_pend_timer(evutil_socket_t fd, short what, void *arg);
+
+/* A waiting request of the capacity model is served: its latency starts. */
+static void cap_serve(pend *p)
+{
+	struct timeval tv = { p->service_ms / 1000, (p->service_ms % 1000) * 1000 };
+
+	p->cap = CAP_SERVING;
+	if (++g_serving > st.max_serving)
+		st.max_serving = g_serving;
+	event_base_update_cache_time(g_base);
+	event_assign(PEND_TIMER(p), g_base, -1, 0, on_pend_timer, p);
+	p->timer = event_add(PEND_TIMER(p), &tv) == 0;
+}
+
+/* Serve waiting requests, first come first served, while there is room. */
+static void cap_dispatch(void)
+{
+	while (!g_stopping && g_capq.qnext != &g_capq &&
+	    (g_cap.capacity == 0 || g_serving < (uint64_t)g_cap.capacity)) {
+		pend *p = g_capq.qnext;
+
+		p->qprev->qnext = p->qnext;
+		p->qnext->qprev = p->qprev;
+		p->qprev = p->qnext = NULL;
+		g_queued--;
+		cap_serve(p);
+	}
+}
+
 static void pend_free(pend *p)
 {
+	bool was_serving = p->cap == CAP_SERVING;
+
 	pend_unlink(p);
 	if (p->timer)
 		event_del(PEND_TIMER(p));
 	if (p->watch)
 		event_del(PEND_WATCH(p));
+	if (p->cap == CAP_QUEUED) {
+		p->qprev->qnext = p->qnext;
+		p->qnext->qprev = p->qprev;
+		g_queued--;
+	} else if (was_serving) {
+		g_serving--;
+	}
 	free(p);
+	if (was_serving)
+		cap_dispatch();
 }
 
 static evutil_socket_t conn_fd(struct evhttp_connection *evcon)
@@ -1749,7 +1887,7 @@ static void on_pend_watch(evutil_socket_t fd, short what, void *arg)
 }
 
 static void park(struct evhttp_request *req, uint64_t seq, int status,
-    int action, long delay_ms)
+    int action, long delay_ms, int cap)
 {
 	pend *p = xcalloc(1, sizeof *p + 2 * g_evsize);
 	evutil_socket_t fd;
@@ -1765,7 +1903,18 @@ static void park(struct evhttp_request *req, uint64_t seq, int status,
 	g_pending.next = p;
 	if (p->evcon)
 		evhttp_connection_set_closecb(p->evcon, on_conn_close, p);
-	if (action != A_HANG) {
+	p->service_ms = delay_ms;
+	if (cap == CAP_QUEUED) {
+		p->cap = CAP_QUEUED;
+		p->qnext = &g_capq;
+		p->qprev = g_capq.qprev;
+		g_capq.qprev->qnext = p;
+		g_capq.qprev = p;
+		if (++g_queued > st.max_queued)
+			st.max_queued = g_queued;
+	} else if (cap == CAP_SERVING) {
+		cap_serve(p);
+	} else if (action != A_HANG) {
 		struct timeval tv = { delay_ms / 1000, (delay_ms % 1000) * 1000 };
 		/* timers are based on the loop's cached time, which may be a few
 		 * ms old under load: refresh it so we never answer early */
@@ -1856,8 +2005,7 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 		st.duplicate_ids++;
 	st.by_method[midx]++;
 	per_sec_inc(t / 1000000);
-	if (++st.inflight > st.max_inflight)
-		st.max_inflight = st.inflight;
+	inflight_add(1);
 	{
 		logent *e = ring_at(seq);
 		const char *hv[LOG_HDRS];
@@ -1922,17 +2070,37 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 	int action = A_SEND;
 	const char *ctype = NULL;
 	const char *cenc = NULL;
+	long delay = e.iv[F_LATENCY];
+	int cap = CAP_NONE;
+
+	if (e.iv[F_JITTER] > 0)
+		delay += (long)(rng_next() % (uint64_t)(e.iv[F_JITTER] + 1));
+	/* the capacity model: served now, waiting, or beyond the queue (a
+	 * provider that is down answers outside it) */
+	bool in_model = g_cap.capacity > 0 && delay > 0 && !e.iv[F_DOWN] &&
+	    e.iv[F_MODE] != M_HANG && e.iv[F_MODE] != M_RESET;
+	if (in_model) {
+		if (g_serving < (uint64_t)g_cap.capacity && g_queued == 0)
+			cap = CAP_SERVING;
+		else if (g_queued < (uint64_t)g_cap.queue_max)
+			cap = CAP_QUEUED;
+	}
 
 	if (e.iv[F_DOWN])
 		why = "down";
-	else if (e.iv[F_FAILFIRST] > 0 && rec->count <= (uint64_t)e.iv[F_FAILFIRST])
+	else if (in_model && cap == CAP_NONE) {
+		why = "overflow";
+		delay = 0;
+		st.overflowed++;
+	} else if (e.iv[F_FAILFIRST] > 0 && rec->count <= (uint64_t)e.iv[F_FAILFIRST])
 		why = "fail_first";
 	else if (e.rate > 0 && rng_double() < e.rate)
 		why = "error_rate";
 
 	sb_init(&s);
 	if (why) {
-		status = (int)e.iv[F_ESTATUS];
+		status = !strcmp(why, "overflow") ? (int)g_cap.overflow_status :
+		    (int)e.iv[F_ESTATUS];
 		ctype = "application/json";
 		sb_puts(&s, "{\"error\":\"mock ");
 		sb_puts(&s, why);
@@ -2022,14 +2190,11 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 	sb_free(&s);
 
 	/* ---- answer now or later */
-	long delay = e.iv[F_LATENCY];
-	if (e.iv[F_JITTER] > 0)
-		delay += (long)(rng_next() % (uint64_t)(e.iv[F_JITTER] + 1));
 	if (action == A_SEND && delay == 0) {
 		request_done(seq, gen, status);
 		reply(req, status);
 	} else {
-		park(req, seq, status, action, delay);
+		park(req, seq, status, action, delay, cap);
 	}
 out:
 	evhttp_clear_headers(&q);
@@ -2054,6 +2219,28 @@ static void ctl_stats(struct evhttp_request *req)
 	sb_u64(&s, st.inflight);
 	sb_puts(&s, ",\"max_inflight\":");
 	sb_u64(&s, st.max_inflight);
+	inflight_add(0);         /* the area up to now */
+	sb_puts(&s, ",\"inflight_area\":");
+	sb_double(&s, st.inflight_area);
+	sb_puts(&s, ",\"since\":");
+	sb_time(&s, st.since_us);
+	sb_puts(&s, ",\"now\":");
+	sb_time(&s, st.area_us);
+	sb_puts(&s, ",\"mean_inflight\":");
+	sb_double(&s, st.area_us > st.since_us ?
+	    st.inflight_area / ((double)(st.area_us - st.since_us) / 1e6) : 0);
+	sb_puts(&s, ",\"capacity\":");
+	sb_i64(&s, g_cap.capacity);
+	sb_puts(&s, ",\"serving\":");
+	sb_u64(&s, g_serving);
+	sb_puts(&s, ",\"queued\":");
+	sb_u64(&s, g_queued);
+	sb_puts(&s, ",\"max_serving\":");
+	sb_u64(&s, st.max_serving);
+	sb_puts(&s, ",\"max_queued\":");
+	sb_u64(&s, st.max_queued);
+	sb_puts(&s, ",\"overflowed\":");
+	sb_u64(&s, st.overflowed);
 	sb_puts(&s, ",\"dropped\":");
 	sb_u64(&s, st.dropped);
 	sb_puts(&s, ",\"by_status\":{");
@@ -2284,6 +2471,10 @@ static void ctl_reset(struct evhttp_request *req)
 	if (reset_config) {
 		behav_defaults(&g_cfg);
 		idcfg_clear();
+		g_cap.capacity = cap_keys[0].def;
+		g_cap.queue_max = cap_keys[1].def;
+		g_cap.overflow_status = cap_keys[2].def;
+		cap_dispatch();
 	}
 	sb_t s;
 	sb_init(&s);
@@ -2512,6 +2703,7 @@ int main(int argc, char **argv)
 		jv_free(j);
 	}
 	g_ring = xcalloc(RING_CAP, sizeof *g_ring);
+	st.area_us = st.since_us = now_us();
 
 	/* precise timers: the default coarse monotonic clock has a resolution
 	 * of a few ms, which would answer delayed requests slightly early */
@@ -2566,6 +2758,7 @@ int main(int argc, char **argv)
 
 	/* ---- clean shutdown: evhttp_free closes every connection; waiting
 	 * requests are released through on_conn_close. */
+	g_stopping = true;
 	evhttp_free(g_http);
 	while (g_pending.next != &g_pending) /* not expected */
 		pend_free(g_pending.next);

@@ -490,9 +490,11 @@ static void test_errors_new_provider(void **state)
 	load_err("[provider p]\nburst = 100001\n", 2,
 		 "burst: invalid value '100001' (expected an integer from 1 to 100000)");
 	load_err("[provider p]\nmax_concurrency = 0\n", 2,
-		 "max_concurrency: invalid value '0' (expected an integer from 1 to 100000)");
+		 "max_concurrency: invalid value '0' (expected an integer from 1 to 100000, "
+		 "auto, or auto N)");
 	load_err("[provider p]\nmax_concurrency = many\n", 2,
-		 "max_concurrency: invalid value 'many' (expected an integer from 1 to 100000)");
+		 "max_concurrency: invalid value 'many' (expected an integer from 1 to 100000, "
+		 "auto, or auto N)");
 	load_err("[provider p]\nretries = -1\n", 2,
 		 "retries: invalid value '-1' (expected an integer from 0 to 100)");
 	load_err("[provider p]\nretries = 101\n", 2,
@@ -1073,6 +1075,69 @@ static void test_long_line(void **state)
 	free(text);
 }
 
+static void test_max_concurrency_auto(void **state)
+{
+	static const struct {
+		const char *value;
+		bool is_auto;
+		int n;
+	} ok[] = {
+		{ "auto", true, 0 },
+		{ "auto 500", true, 500 },
+		{ "auto\t7", true, 7 },
+		{ "auto   1", true, 1 },
+		{ "auto 100000", true, 100000 },
+		{ "16", false, 16 },
+	};
+	static const struct {
+		const char *value;
+		const char *msg;
+	} bad[] = {
+		{ "auto 0", "max_concurrency: invalid ceiling '0' in 'auto 0' "
+			    "(expected auto N, N an integer from 1 to 100000)" },
+		{ "auto x", "max_concurrency: invalid ceiling 'x' in 'auto x' "
+			    "(expected auto N, N an integer from 1 to 100000)" },
+		{ "auto 100001", "max_concurrency: invalid ceiling '100001' in 'auto 100001' "
+				 "(expected auto N, N an integer from 1 to 100000)" },
+		{ "auto -5", "max_concurrency: invalid ceiling '-5' in 'auto -5' "
+			     "(expected auto N, N an integer from 1 to 100000)" },
+		{ "auto 5 6", "max_concurrency: invalid ceiling '5 6' in 'auto 5 6' "
+			      "(expected auto N, N an integer from 1 to 100000)" },
+		{ "autox", "max_concurrency: invalid value 'autox' (expected an integer "
+			   "from 1 to 100000, auto, or auto N)" },
+		{ "auto5", "max_concurrency: invalid value 'auto5' (expected an integer "
+			   "from 1 to 100000, auto, or auto N)" },
+		{ "Auto", "max_concurrency: invalid value 'Auto' (expected an integer "
+			  "from 1 to 100000, auto, or auto N)" },
+	};
+	char text[512];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < ARRAY_SIZE(ok); i++) {
+		Config *cfg;
+		Provider *p;
+
+		snprintf(text, sizeof(text), MINIMAL "[provider q]\nurl = http://127.0.0.1:9/\n"
+			 "max_concurrency = %s\n", ok[i].value);
+		cfg = load_ok(text);
+		p = config_find_provider(cfg, "q");
+		assert_non_null(p);
+		if (p->concurrency_auto != ok[i].is_auto || p->max_concurrency != ok[i].n)
+			fail_msg("'%s': got auto %d, %d", ok[i].value, p->concurrency_auto,
+				 p->max_concurrency);
+		/* the default is fixed and unlimited */
+		p = config_find_provider(cfg, "p");
+		assert_false(p->concurrency_auto);
+		assert_int_equal(p->max_concurrency, 0);
+		config_free(cfg);
+	}
+	for (i = 0; i < ARRAY_SIZE(bad); i++) {
+		snprintf(text, sizeof(text), "[provider p]\nmax_concurrency = %s\n", bad[i].value);
+		load_err(text, 2, bad[i].msg);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1096,6 +1161,7 @@ int main(void)
 		cmocka_unit_test_setup(test_claim_ahead, setup),
 		cmocka_unit_test_setup(test_errors_keys, setup),
 		cmocka_unit_test_setup(test_errors_values, setup),
+		cmocka_unit_test_setup(test_max_concurrency_auto, setup),
 		cmocka_unit_test_setup(test_errors_sections, setup),
 		cmocka_unit_test_setup(test_errors_validation, setup),
 		cmocka_unit_test_setup(test_missing_file, setup),
