@@ -145,10 +145,18 @@ static void step_status(Req *r, PGresult *res)
 				sb_puts(&sb, "null");
 			sb_printf(&sb, ",\"failures\":%d},\"tokens\":%.3f,\"rate_share\":%.6g,"
 				  "\"inflight\":%d,\"queued\":%d,\"rate_per_s\":%.3f,"
-				  "\"error_rate\":%.4f,\"paused_for_s\":%.3f,\"requests\":%llu,"
-				  "\"per_second\":[", ps.failures, ps.tokens, ps.rate_share, ps.inflight,
+				  "\"error_rate\":%.4f,\"paused_for_s\":%.3f,\"requests\":%llu,",
+				  ps.failures, ps.tokens, ps.rate_share, ps.inflight,
 				  ps.queued, ps.req_per_s, ps.error_ratio, (double)ps.paused_ms / 1000.0,
 				  (unsigned long long)ps.requests);
+			sb_printf(&sb, "\"concurrency\":{\"mode\":\"%s\",\"limit\":%d,"
+				  "\"phase\":\"%s\",\"base_latency_ms\":", ps.concurrency_mode,
+				  ps.concurrency_limit, ps.limiter_phase);
+			if (ps.base_latency_us > 0)
+				sb_printf(&sb, "%.3f},", (double)ps.base_latency_us / 1000.0);
+			else
+				sb_puts(&sb, "null},");
+			sb_puts(&sb, "\"per_second\":[");
 			for (int k = 0; k < PROVIDER_HISTORY_S; k++)
 				sb_printf(&sb, "%s%u", k ? "," : "", ps.per_second[k]);
 			sb_puts(&sb, "]}");

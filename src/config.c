@@ -388,7 +388,7 @@ static int set_permanent_on(ConfigCtx *ctx, const ConfigKey *key, void *obj, con
 
 /*
  * max_concurrency: N (a fixed window), "auto" (adaptive, limiter.h, up to
- * the route's max_inflight or LIMITER_AUTO_CEILING) or "auto N" (adaptive
+ * the smaller of max_inflight and LIMITER_AUTO_CEILING) or "auto N" (adaptive
  * with ceiling N).  The adaptive mode is kept in concurrency_auto, with the
  * ceiling (0: none given) in max_concurrency.
  */

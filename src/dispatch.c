@@ -66,7 +66,7 @@ Dispatch *dispatch_new(struct event_base *base, Config *cfg, const DispatchHandl
 	d->nprovs = cfg->nproviders;
 	d->provs = xcalloc((size_t)d->nprovs + 1, sizeof(ProvState *));
 	for (int i = 0; i < d->nprovs; i++)
-		d->provs[i] = provider_new(base, cfg->providers[i], &prov_handlers, d);
+		d->provs[i] = provider_new(base, cfg->providers[i], cfg->max_inflight, &prov_handlers, d);
 	return d;
 }
 
@@ -129,7 +129,7 @@ void dispatch_reload(Dispatch *d, Config *nc)
 		ProvState *ps = d->provs[i];
 		Provider *np = config_find_provider(nc, ps->name);
 		if (np)
-			provider_reconfigure(ps, np);
+			provider_reconfigure(ps, np, nc->max_inflight);
 		else
 			provider_remove(ps);
 	}
@@ -137,7 +137,7 @@ void dispatch_reload(Dispatch *d, Config *nc)
 		if (dispatch_find(d, nc->providers[i]->name))
 			continue;
 		d->provs = xrealloc(d->provs, (size_t)(d->nprovs + 2) * sizeof(ProvState *));
-		d->provs[d->nprovs++] = provider_new(d->base, nc->providers[i], &prov_handlers, d);
+		d->provs[d->nprovs++] = provider_new(d->base, nc->providers[i], nc->max_inflight, &prov_handlers, d);
 		d->provs[d->nprovs] = NULL;
 	}
 	d->cfg = nc;
@@ -181,7 +181,7 @@ void dispatch_set_workers(Dispatch *d, const char *json, bool joining, int64_t h
 static bool can_start(Dispatch *d, ProvState *ps, int64_t now, int64_t *wait_us)
 {
 	if (ps->paused_until <= now && d->ntransfers >= d->cfg->max_inflight &&
-	    (ps->cfg->max_concurrency <= 0 || ps->inflight < ps->cfg->max_concurrency)) {
+	    !provider_window_full(ps, now)) {
 		/* the claim_ahead items wait here for a transfer to end */
 		d->transfers_full = true;
 		*wait_us = -1;
@@ -212,7 +212,7 @@ static void start(Dispatch *d, ProvState *ps, Job *j)
 		return;
 	}
 	job_set_state(j, JOB_RUNNING);
-	provider_started(ps);
+	provider_started(ps, j);
 	d->ntransfers++;
 	if (log_get_level() >= LG_DEBUG) {
 		/* no query string in logs: it may carry an API key */
@@ -371,7 +371,7 @@ void dispatch_abort(Dispatch *d, Job *j)
 		return;
 	}
 	http_abort(d->http, j->easy, j->http_shard);
-	provider_aborted(j->ps);
+	provider_aborted(j->ps, j);
 	d->ntransfers--;
 	job_set_state(j, JOB_NEW);
 }
@@ -595,7 +595,7 @@ static void transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 			snprintf(err, sizeof(err), "request to %s failed: %s", ps->name, detail);
 		sb_reset(&j->resp);
 	}
-	provider_finished(ps, code, status,
+	provider_finished(ps, j, code, status,
 			  (double)(now_monotonic_us() - j->try_started_mono) / 1e6, out, err);
 	if (code != CURLE_OK)
 		status = 0;

@@ -5,8 +5,9 @@
  *  - slow start +1 per success, counted when the window was at least half
  *    used (TCP's rule, and AIMDLimit's inflight * 2 >= limit); a window of W answered
  *    successes becomes 2W, so a healthy provider is at its cap after
- *    log2(cap / initial) round trips, and one failing from the first
- *    request never sees more than the initial window.
+ *    log2(cap / initial) round trips; -1 per failure of a request
+ *    started in slow start (floor 1), so one failing from the first request never sees more
+ *    than the initial window, even when its answers come one at a time.
  *  - 0.5 on overload (429, 503, timeout): the provider says it is over
  *    capacity; slow start can overshoot by up to 2x, and halving removes
  *    that in one round trip (TCP Reno's factor).
@@ -156,6 +157,7 @@ LimiterTicket limiter_on_start(Limiter *l, int64_t now_us)
 	t.start_us = now_us;
 	t.inflight = l->inflight++;
 	t.window = limiter_limit(l);
+	t.slow_start = l->phase == LIM_SLOW_START;
 	l->last_active_us = now_us;
 	return t;
 }
@@ -263,8 +265,17 @@ void limiter_on_result(Limiter *l, int64_t now_us, const LimiterTicket *t,
 		if (used > l->round_max_used)
 			l->round_max_used = used;
 	} else {
-		/* fixed: failures never move the window (the breaker acts) */
+		/* A request of slow start that fails takes its slot with it
+		 * (floor 1): the provider has not shown it can take the window,
+		 * and the slot freed by a failure must not send the next
+		 * request to a provider that is down, so that one failing from
+		 * the start gets the initial window and no more before its
+		 * breaker opens (also when the first failure ended slow start
+		 * by a decrease).  Fixed, after slow start: failures never
+		 * move the window (the breaker acts). */
 		l->ss_streak = 0;
+		if (t->slow_start || l->phase == LIM_SLOW_START)
+			l->limit = clampd(l->limit - 1, 1, cfg_cap(&l->cfg));
 		if (!l->cfg.adaptive)
 			return;
 		if (t->seq >= l->decrease_seq) {

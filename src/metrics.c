@@ -114,6 +114,12 @@ static void render_providers(Engine *e, StrBuf *sb)
 	for (int i = 0; i < np; i++)
 		sample1(sb, "batchd_provider_queued", "provider", engine_provider(e, i)->name,
 			engine_provider(e, i)->nqueued);
+	help(sb, "batchd_provider_concurrency_limit", "gauge",
+	     "Requests a provider may have in flight now: its concurrency window "
+	     "(slow start, max_concurrency, or the adaptive limit of max_concurrency = auto).");
+	for (int i = 0; i < np; i++)
+		sample1(sb, "batchd_provider_concurrency_limit", "provider", engine_provider(e, i)->name,
+			limiter_window(&engine_provider(e, i)->lim, now_monotonic_us()));
 	help(sb, "batchd_breaker_state", "gauge",
 	     "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
 	for (int i = 0; i < np; i++)

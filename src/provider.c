@@ -27,7 +27,10 @@ static void breaker_changed(Breaker *br, enum BreakerState from, enum BreakerSta
 
 	log_ctx(LG_WARN, &ctx, "provider %s: circuit breaker %s -> %s (%s)", ps->name,
 		br_state_name(from), br_state_name(to), reason);
-	if (to == BR_OPEN) {
+	if (to == BR_CLOSED) {
+		/* answering again: slow start, not the whole window at once */
+		limiter_reset(&ps->lim, now_monotonic_us());
+	} else if (to == BR_OPEN) {
 		evtimer_del(ps->br_timer);
 		timer_arm_us(ps->br_timer, br_half_open_at(br) - now_monotonic_us());
 		/* items waiting here move on to the next provider now */
@@ -54,6 +57,32 @@ static void wake_timer_cb(evutil_socket_t fd, short what, void *arg)
 	wake(arg);
 }
 
+/*
+ * The concurrency window: slow start from breaker_failures (a provider
+ * failing from the start gets that many requests before its breaker
+ * opens), up to max_concurrency (fixed) or, with max_concurrency = auto,
+ * adaptive up to auto N or LIMITER_AUTO_CEILING; never above max_inflight.
+ * Fixed mode jumps to its cap after breaker_failures successes in a row,
+ * so a healthy provider loses one round trip, not log2(cap) of them.
+ */
+static LimiterConfig limiter_config(const Provider *p, int max_inflight)
+{
+	LimiterConfig c = { 0 };
+	int cap;
+
+	if (p->concurrency_auto)
+		cap = p->max_concurrency > 0 ? p->max_concurrency : LIMITER_AUTO_CEILING;
+	else
+		cap = p->max_concurrency > 0 ? p->max_concurrency : max_inflight;
+	if (cap > max_inflight)
+		cap = max_inflight;
+	c.cap = cap >= 1 ? cap : 1;
+	c.initial = p->breaker_failures >= 1 ? p->breaker_failures : 1;
+	c.adaptive = p->concurrency_auto;
+	c.ss_jump = !p->concurrency_auto;
+	return c;
+}
+
 /* this worker's part of the rate and burst */
 static void configure_bucket(ProvState *ps, int64_t now)
 {
@@ -61,10 +90,12 @@ static void configure_bucket(ProvState *ps, int64_t now)
 	tb_configure(&ps->tb, ps->cfg->rate * ps->share, burst < 1 ? 1 : burst, now);
 }
 
-ProvState *provider_new(struct event_base *base, Provider *p, const ProvHandlers *h, void *arg)
+ProvState *provider_new(struct event_base *base, Provider *p, int max_inflight,
+			const ProvHandlers *h, void *arg)
 {
 	ProvState *ps = xcalloc(1, sizeof(*ps));
 	int64_t now = now_monotonic_us();
+	LimiterConfig lc = limiter_config(p, max_inflight);
 
 	ps->name = xstrdup(p->name);
 	ps->cfg = p;
@@ -73,6 +104,8 @@ ProvState *provider_new(struct event_base *base, Provider *p, const ProvHandlers
 	ps->harg = arg;
 	tb_init(&ps->tb, p->rate, p->burst, now);
 	br_init(&ps->br, p->breaker_failures, p->breaker_cooldown_ms * 1000, breaker_changed, ps);
+	ps->max_inflight = max_inflight;
+	limiter_init(&ps->lim, &lc, now);
 	ps->wake_timer = evtimer_new(base, wake_timer_cb, ps);
 	ps->br_timer = evtimer_new(base, br_timer_cb, ps);
 	return ps;
@@ -89,13 +122,18 @@ void provider_free(ProvState *ps)
 	free(ps);
 }
 
-void provider_reconfigure(ProvState *ps, Provider *np)
+void provider_reconfigure(ProvState *ps, Provider *np, int max_inflight)
 {
+	LimiterConfig lc = limiter_config(np, max_inflight);
+	int64_t now = now_monotonic_us();
+
 	ps->cfg = np;
 	ps->removed = false;
+	ps->max_inflight = max_inflight;
 	handle_pool_renew(&ps->pool);   /* pooled handles carry the old section */
-	configure_bucket(ps, now_monotonic_us());
+	configure_bucket(ps, now);
 	br_configure(&ps->br, np->breaker_failures, np->breaker_cooldown_ms * 1000);
+	limiter_configure(&ps->lim, &lc, now);
 }
 
 void provider_remove(ProvState *ps)
@@ -188,15 +226,18 @@ void provider_unqueue(ProvState *ps, Job *j)
 
 /* -------------------------------------------------------------------- gate */
 
+bool provider_window_full(const ProvState *ps, int64_t now)
+{
+	return !limiter_can_start(&ps->lim, now);
+}
+
 bool provider_can_start(ProvState *ps, int64_t now, int64_t *wait_us)
 {
-	const Provider *p = ps->cfg;
-
 	if (ps->paused_until > now) {
 		*wait_us = ps->paused_until - now;
 		return false;
 	}
-	if (p->max_concurrency > 0 && ps->inflight >= p->max_concurrency) {
+	if (!limiter_can_start(&ps->lim, now)) {
 		*wait_us = -1;
 		return false;
 	}
@@ -237,23 +278,35 @@ static void sec_count(ProvState *ps, bool error)
 		ps->sec_err[slot]++;
 }
 
-void provider_started(ProvState *ps)
+void provider_started(ProvState *ps, Job *j)
 {
 	br_on_start(&ps->br);
+	j->lticket = limiter_on_start(&ps->lim, now_monotonic_us());
 	ps->inflight++;
 	ps->requests++;
 }
 
-void provider_aborted(ProvState *ps)
+void provider_aborted(ProvState *ps, Job *j)
 {
 	ps->inflight--;
+	limiter_on_result(&ps->lim, now_monotonic_us(), &j->lticket, LIM_IGNORE);
 	br_on_abort(&ps->br);
 }
 
-void provider_finished(ProvState *ps, CURLcode code, long status, double secs,
+/* What an answer says of the provider's load, for the window. */
+static enum LimiterResult limiter_result(CURLcode code, long status, enum Outcome out)
+{
+	if (code == CURLE_OPERATION_TIMEDOUT || (code == CURLE_OK && (status == 429 || status == 503)))
+		return LIM_OVERLOAD;
+	return out == OUT_TRANSIENT ? LIM_TRANSIENT : LIM_OK;
+}
+
+void provider_finished(ProvState *ps, Job *j, CURLcode code, long status, double secs,
 		       enum Outcome out, const char *err)
 {
 	ps->inflight--;
+	limiter_on_result(&ps->lim, now_monotonic_us(), &j->lticket,
+			  limiter_result(code, status, out));
 	ps->lat_count++;
 	ps->lat_sum += secs;
 	for (int i = 0; i < LAT_BUCKETS; i++)
@@ -287,6 +340,10 @@ void provider_stats(ProvState *ps, ProviderStats *out)
 	out->queued = ps->nqueued;
 	out->paused_ms = ps->paused_until > now ? (ps->paused_until - now) / 1000 : 0;
 	out->requests = ps->requests;
+	out->concurrency_limit = limiter_window(&ps->lim, now);
+	out->concurrency_mode = ps->lim.cfg.adaptive ? "auto" : "fixed";
+	out->limiter_phase = limiter_phase_name(ps->lim.phase);
+	out->base_latency_us = limiter_base_latency_us(&ps->lim);
 	for (int k = 0; k < PROVIDER_HISTORY_S; k++) {
 		int64_t s = sec - (PROVIDER_HISTORY_S - 1) + k;
 		int slot = (int)(s % PROVIDER_HISTORY_S);

@@ -765,7 +765,14 @@
 				rateText += ' (this worker ' + fmtRate(p.rate_share) + ')';
 			setText(u.cells.rate, rateText);
 
-			const cap = p.max_concurrency > 0 ? fmtInt(p.max_concurrency) : 'no cap';
+			/* the window now: slow start, the fixed cap or the adaptive limit */
+			const c = p.concurrency;
+			let cap = p.max_concurrency > 0 ? fmtInt(p.max_concurrency) : 'no cap';
+			if (c && typeof c.limit === 'number') {
+				cap = fmtInt(c.limit) + (c.mode === 'auto' ? ' (auto)' : '');
+				if (c.phase === 'slow_start')
+					cap += ', slow start';
+			}
 			let inflight = (typeof p.inflight === 'number' ? fmtInt(p.inflight) : '\u2014') + ' / ' + cap;
 			if (p.queued > 0)
 				inflight += ', ' + fmtInt(p.queued) + ' waiting';

@@ -38,11 +38,10 @@ typedef struct Provider {
 	/* politeness (issue: provider calls) */
 	double rate;               /* requests per second; 0: unlimited (default) */
 	int burst;                 /* token bucket size, default 1 */
-	int max_concurrency;       /* transfers in flight; 0: unlimited (default);
+	int max_concurrency;       /* transfers in flight; 0: max_inflight (default);
 	                              with concurrency_auto: the ceiling, 0: none given */
 	bool concurrency_auto;     /* max_concurrency = auto [N]: the adaptive limit of
-	                              limiter.h; until the provider gating applies it,
-	                              auto N caps at N and auto is unlimited */
+	                              limiter.h (provider.c: limiter_config) */
 
 	/* resilience */
 	int retries;               /* transient retries on this provider, default 3 */

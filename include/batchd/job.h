@@ -24,6 +24,7 @@
 #include <yajl/yajl_tree.h>
 
 #include "batchd/config.h"
+#include "batchd/limiter.h"
 #include "batchd/util.h"
 
 #define MAX_ROUTE_PROVIDERS 16
@@ -65,6 +66,7 @@ typedef struct Job {
 	int max_attempts;
 	int64_t started_us;        /* realtime, first transfer start */
 	int64_t try_started_mono;  /* monotonic, this try's start */
+	LimiterTicket lticket;     /* the provider's window, this try */
 	int64_t queued_mono;       /* monotonic, entered the provider queue */
 	struct event *retry_timer;
 	char *last_error;

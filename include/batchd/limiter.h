@@ -19,9 +19,12 @@
  *  doubles per round trip, up to cfg.cap (fixed) or the slow-start
  *  threshold (adaptive).  A success counts only when the window was at
  *  least half used at the start or the end of its request (a trickle
- *  does not open the window).  In fixed mode failures never move the
- *  window: the breaker deals with a failing provider, which therefore
- *  receives about cfg.initial requests before the breaker opens.
+ *  does not open the window).  Each failure of a request started in
+ *  slow start takes one off the window (floor 1), in both modes: a slot freed by a failure does not send another
+ *  request, so a provider failing from the start receives at most
+ *  cfg.initial requests before its breaker (threshold cfg.initial) opens.
+ *  In fixed mode, after slow start, failures never move the window: the
+ *  breaker deals with a failing provider.
  *  Doubling from 5 to 1000 takes 8 round trips and loses about 1.3 s of
  *  full-window throughput at 200 ms; with cfg.ss_jump (fixed mode) the loss
  *  is the first round trip only: a provider failing from the start still
@@ -97,6 +100,7 @@ typedef struct LimiterTicket {
 	int64_t start_us;
 	int inflight;     /* in flight before this one started */
 	int window;       /* the window when it started */
+	bool slow_start;  /* started in slow start */
 } LimiterTicket;
 
 typedef struct Limiter {

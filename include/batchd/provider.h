@@ -3,8 +3,12 @@
  * bucket, concurrency count, Retry-After pause, circuit breaker, handle
  * pool and counters.  Survives reloads by name.
  *
- * The provider decides whether a request may start (provider_can_start)
- * and counts what happened (provider_finished); it does not route or send.
+ * The provider decides whether a request may start (provider_can_start:
+ * pause, concurrency window, tokens) and counts what happened
+ * (provider_finished); it does not route or send.  Its concurrency window
+ * is a Limiter (limiter.h): slow start from breaker_failures after start,
+ * idle and a breaker that closed again, up to max_concurrency or
+ * max_inflight; with max_concurrency = auto the adaptive limit.
  * When waiting jobs may be able to go (a token is due, a pause or the
  * breaker's cooldown ended, the breaker opened and they must move on) it
  * tells its owner through ProvHandlers.wake.
@@ -21,6 +25,7 @@
 #include "batchd/breaker.h"
 #include "batchd/config.h"
 #include "batchd/job.h"
+#include "batchd/limiter.h"
 #include "batchd/ratelimit.h"
 #include "batchd/request.h"
 
@@ -42,6 +47,10 @@ struct ProviderStats {
 	int64_t paused_ms;           /* Retry-After pause left */
 	uint64_t requests;
 	uint32_t per_second[PROVIDER_HISTORY_S];   /* oldest first, last = now */
+	int concurrency_limit;       /* the limiter's window now */
+	const char *concurrency_mode;  /* "fixed" or "auto" */
+	const char *limiter_phase;   /* "slow_start" or "steady" */
+	int64_t base_latency_us;     /* auto: the no-load latency, 0: not yet */
 };
 
 /* Latency histogram bucket upper bounds, seconds (Prometheus style). */
@@ -58,6 +67,8 @@ struct ProvState {
 	Provider *cfg;             /* current config section */
 	TokenBucket tb;
 	Breaker br;
+	Limiter lim;               /* the concurrency window */
+	int max_inflight;          /* the worker's, for the window's cap */
 	int inflight;
 	int64_t paused_until;      /* monotonic us; Retry-After */
 	Job *qhead, *qtail;
@@ -85,10 +96,11 @@ struct ProvState {
 	int64_t sec_stamp[PROVIDER_HISTORY_S];
 };
 
-ProvState *provider_new(struct event_base *base, Provider *p, const ProvHandlers *h, void *arg);
+ProvState *provider_new(struct event_base *base, Provider *p, int max_inflight,
+			const ProvHandlers *h, void *arg);
 void provider_free(ProvState *ps);
-/* Reload: a new section for the same name (breaker state kept), or gone. */
-void provider_reconfigure(ProvState *ps, Provider *np);
+/* Reload: a new section for the same name (breaker and window kept), or gone. */
+void provider_reconfigure(ProvState *ps, Provider *np, int max_inflight);
 void provider_remove(ProvState *ps);
 /* Live workers calling the provider: this worker takes 1 / workers of its
  * rate and burst, so that the fleet together keeps the configured rate. */
@@ -105,19 +117,23 @@ Job *provider_pop(ProvState *ps);
 void provider_unqueue(ProvState *ps, Job *j);
 
 /*
- * May a request start now (pause, max_concurrency, tokens)?  Takes the
+ * May a request start now (pause, concurrency window, tokens)?  Takes the
  * token on yes.  On no, *wait_us says when to look again (-1: when one of
  * its transfers ends).
  */
 bool provider_can_start(ProvState *ps, int64_t now, int64_t *wait_us);
+/* Is the concurrency window full (a transfer must end first)? */
+bool provider_window_full(const ProvState *ps, int64_t now);
 /* Look again in wait_us (the wake handler runs then), or not at all. */
 void provider_wake_in(ProvState *ps, int64_t wait_us);
 void provider_wake_cancel(ProvState *ps);
 
-/* A transfer started; it ended with an outcome (err: breaker's reason). */
-void provider_started(ProvState *ps);
-void provider_aborted(ProvState *ps);
-void provider_finished(ProvState *ps, CURLcode code, long status, double secs,
+/* j's transfer started (j keeps the window's ticket); it was aborted (says
+ * nothing of the provider), or it ended with an outcome (err: breaker's
+ * reason). */
+void provider_started(ProvState *ps, Job *j);
+void provider_aborted(ProvState *ps, Job *j);
+void provider_finished(ProvState *ps, Job *j, CURLcode code, long status, double secs,
 		       enum Outcome out, const char *err);
 
 void provider_stats(ProvState *ps, ProviderStats *out);

@@ -145,7 +145,7 @@ static void test_provider_queue(void **state)
 {
 	struct event_base *base = event_base_new();
 	Provider p = prov();
-	ProvState *ps = provider_new(base, &p, &handlers, NULL);
+	ProvState *ps = provider_new(base, &p, 100, &handlers, NULL);
 	Job *a = job_new(NULL, 1, "b", "{}", 0, 3), *b = job_new(NULL, 2, "b", "{}", 0, 3);
 	Job *c = job_new(NULL, 3, "b", "{}", 0, 3);
 
@@ -187,12 +187,15 @@ static void test_provider_gate(void **state)
 	struct event_base *base = event_base_new();
 	Provider p = prov();
 	ProvState *ps;
+	Job *jobs[3];
 	int64_t now, wait = 0;
 
 	p.rate = 10;
 	p.burst = 2;
 	p.max_concurrency = 3;
-	ps = provider_new(base, &p, &handlers, NULL);
+	for (int i = 0; i < 3; i++)
+		jobs[i] = job_new(NULL, i + 1, "b", "{}", 0, 3);
+	ps = provider_new(base, &p, 100, &handlers, NULL);
 	now = now_monotonic_us();   /* the bucket's clock starts in provider_new */
 
 	/* the burst, then a token every 100 ms */
@@ -203,10 +206,14 @@ static void test_provider_gate(void **state)
 	assert_true(provider_can_start(ps, now + 100000, &wait));
 
 	/* max_concurrency: wait for a transfer to end (-1) */
-	ps->inflight = 3;
+	for (int i = 0; i < 3; i++)
+		provider_started(ps, jobs[i]);
+	assert_true(provider_window_full(ps, now + 10000000));
 	assert_false(provider_can_start(ps, now + 10000000, &wait));
 	assert_int_equal(wait, -1);
-	ps->inflight = 0;
+	for (int i = 0; i < 3; i++)
+		provider_finished(ps, jobs[i], CURLE_OK, 200, 0.01, OUT_SUCCESS, NULL);
+	assert_false(provider_window_full(ps, now + 10000000));
 
 	/* a pause (Retry-After) holds everything until it ends; a shorter one
 	 * does not shorten it */
@@ -219,6 +226,73 @@ static void test_provider_gate(void **state)
 	/* a fleet of 4: a quarter of the rate, and the burst rounded up */
 	provider_set_workers(ps, 4);
 	assert_true(ps->tb.rate > 2.49 && ps->tb.rate < 2.51);
+	for (int i = 0; i < 3; i++) {
+		job_set_state(jobs[i], JOB_DONE);
+		job_free(jobs[i]);
+	}
+	provider_free(ps);
+	event_base_free(base);
+}
+
+static int started_until_full(ProvState *ps, Job **jobs, int n, int64_t now)
+{
+	int k = 0;
+
+	while (k < n && !provider_window_full(ps, now))
+		provider_started(ps, jobs[k++]);
+	return k;
+}
+
+/*
+ * The concurrency window through the provider: slow start from
+ * breaker_failures (5) with max_inflight 200 and no max_concurrency; a
+ * provider down from the start gets 5 requests before its breaker opens,
+ * one that answers gets the whole window after 5 successes, and after the
+ * breaker closes again it starts slow again.
+ */
+static void test_provider_slow_start(void **state)
+{
+	struct event_base *base = event_base_new();
+	Provider p = prov();
+	Job *jobs[200];
+	ProvState *ps;
+	int64_t now;
+	int n;
+
+	(void)state;
+	for (int i = 0; i < 200; i++)
+		jobs[i] = job_new(NULL, i + 1, "b", "{}", 0, 3);
+	ps = provider_new(base, &p, 200, &handlers, NULL);
+	now = now_monotonic_us();
+	n = started_until_full(ps, jobs, 200, now);
+	assert_int_equal(n, 5);
+	/* failing one at a time: no slot opens, the breaker opens at the 5th */
+	for (int i = 0; i < 5; i++) {
+		provider_finished(ps, jobs[i], CURLE_OK, 500, 0.01, OUT_TRANSIENT, "HTTP 500");
+		assert_true(i == 4 || provider_window_full(ps, now));
+	}
+	assert_int_equal(ps->br.state, BR_OPEN);
+	assert_int_equal(ps->requests, 5);
+	/* half open: a probe that succeeds closes it, and the window starts at 5 */
+	ps->br.opened_at_us -= (int64_t)p.breaker_cooldown_ms * 1000 + 1;
+	br_tick(&ps->br, now_monotonic_us());
+	assert_int_equal(ps->br.state, BR_HALF_OPEN);
+	provider_started(ps, jobs[0]);
+	provider_finished(ps, jobs[0], CURLE_OK, 200, 0.01, OUT_SUCCESS, NULL);
+	assert_int_equal(ps->br.state, BR_CLOSED);
+	now = now_monotonic_us();
+	n = started_until_full(ps, jobs, 200, now);
+	assert_int_equal(n, 5);
+	/* five answers: the whole window */
+	for (int i = 0; i < 5; i++)
+		provider_finished(ps, jobs[i], CURLE_OK, 200, 0.01, OUT_SUCCESS, NULL);
+	assert_int_equal(started_until_full(ps, jobs, 200, now), 200);
+	for (int i = 0; i < 200; i++)
+		provider_aborted(ps, jobs[i]);
+	for (int i = 0; i < 200; i++) {
+		job_set_state(jobs[i], JOB_DONE);
+		job_free(jobs[i]);
+	}
 	provider_free(ps);
 	event_base_free(base);
 }
@@ -233,6 +307,7 @@ int main(void)
 		cmocka_unit_test(test_job_states),
 		cmocka_unit_test(test_provider_queue),
 		cmocka_unit_test(test_provider_gate),
+		cmocka_unit_test(test_provider_slow_start),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

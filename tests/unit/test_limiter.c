@@ -93,18 +93,18 @@ static void test_slow_start_jump(void **state)
 	finish_all(&l, 200 * MS, t + 4, 1, LIM_OK);
 	assert_int_equal(limiter_window(&l, 200 * MS), 1000);
 	assert_int_equal(l.phase, LIM_STEADY);
-	/* a failure in between: doubling goes on, the count starts again */
+	/* a failure in between: it takes its slot, the count starts again */
 	limiter_init(&l, &c, 0);
 	n = start_all(&l, 0, t, 1000);
 	finish_all(&l, 0, t, 3, LIM_OK);
 	finish_all(&l, 0, t + 3, 1, LIM_TRANSIENT);
 	finish_all(&l, 0, t + 4, 1, LIM_OK);
-	assert_int_equal(limiter_window(&l, 0), 9);
-	/* failing from the first request */
+	assert_int_equal(limiter_window(&l, 0), 8);   /* 5 + 3 - 1 + 1 */
+	/* failing from the first request: the initial window, then one */
 	limiter_init(&l, &c, 0);
 	for (int i = 0; i < 10; i++) {
 		n = start_all(&l, 0, t, 1000);
-		assert_int_equal(n, 5);
+		assert_int_equal(n, i == 0 ? 5 : 1);
 		finish_all(&l, 0, t, n, LIM_TRANSIENT);
 	}
 	/* adaptive ignores it: doubling */
@@ -190,11 +190,38 @@ static void test_failing_from_the_first_request(void **state)
 			now += 50 * MS;
 			finish_all(&l, now, t, n, round % 2 ? LIM_OVERLOAD : LIM_TRANSIENT);
 		}
-		if (!adaptive)
-			assert_int_equal(limiter_window(&l, now), 5);
-		else
-			assert_true(limiter_window(&l, now) < 5);
-		assert_true(total <= 50);
+		/* each failure in slow start took its slot: the window is 1 */
+		assert_int_equal(limiter_window(&l, now), 1);
+		assert_true(total <= 5 + 9);
+	}
+}
+
+/*
+ * A provider down from the start, answering one request at a time (each
+ * failure frees a slot before the next answer comes), behind a breaker
+ * that opens after 5 failures in a row: it receives the 5 requests of the
+ * initial window and no more, in both modes and whatever the cap.
+ */
+static void test_down_provider_answers_one_at_a_time(void **state)
+{
+	for (int adaptive = 0; adaptive <= 1; adaptive++) {
+		for (int cap = 200; cap <= 1000; cap += 800) {
+			Limiter l = lim_new(5, cap, adaptive, 0);
+			LimiterTicket t[1000];
+			int64_t now = 0;
+			int head = 0, tail = 0, failures = 0;
+
+			(void)state;
+			while (failures < 5) {
+				while (limiter_can_start(&l, now))
+					t[tail++] = limiter_on_start(&l, now);
+				assert_true(head < tail);
+				now += 1 * MS;
+				limiter_on_result(&l, now, &t[head++], LIM_TRANSIENT);
+				failures++;
+			}
+			assert_int_equal(tail, 5);
+		}
 	}
 }
 
@@ -206,10 +233,10 @@ static void test_failures_in_slow_start_stop_growth_fixed(void **state)
 
 	(void)state;
 	assert_int_equal(n, 5);
-	/* 2 successes and 3 failures: +2 only */
+	/* 2 successes and 3 failures: +2 -3 */
 	finish_all(&l, 10 * MS, t, 2, LIM_OK);
 	finish_all(&l, 10 * MS, t + 2, 3, LIM_TRANSIENT);
-	assert_int_equal(limiter_window(&l, 10 * MS), 7);
+	assert_int_equal(limiter_window(&l, 10 * MS), 4);
 }
 
 /* --------------------------------------------------------------- decrease */
@@ -640,6 +667,7 @@ int main(void)
 		cmocka_unit_test(test_initial_is_at_most_cap),
 		cmocka_unit_test(test_trickle_does_not_open_the_window),
 		cmocka_unit_test(test_failing_from_the_first_request),
+		cmocka_unit_test(test_down_provider_answers_one_at_a_time),
 		cmocka_unit_test(test_failures_in_slow_start_stop_growth_fixed),
 		cmocka_unit_test(test_decrease_once_per_round_trip),
 		cmocka_unit_test(test_fixed_ignores_failures_after_slow_start),
