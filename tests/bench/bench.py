@@ -39,10 +39,18 @@ all on 127.0.0.1, and prints ONE table on stdout (progress goes to stderr):
   B8  cost per item during B1: CPU (utime+stime) of batchd, and of the whole
       cluster (postmaster, every backend and auxiliary process, and the children
       it reaped), per item.
+  B9  B1's drain (latency 0) at max_inflight 10, 50, 200 and 1000, each over
+      b9_items items: items/s against min(C1, C2), with the DB and batchd CPU
+      per item; the DB's beside C1's own.
 
-Cluster settings (the same for C1 and every B): fsync on, full_page_writes on,
-synchronous_commit OFF (for both), shared_buffers 1GB, max_wal_size 8GB,
-checkpoint_timeout 30min, wal_buffers 64MB, jit off, autovacuum on.
+The columns "DB us/item" and "batchd us/item" give, beside each throughput,
+the CPU per item of the whole cluster and of batchd during that drain.
+
+Cluster settings (the same for C1 and every B): PostgreSQL's default
+durability, fsync on, full_page_writes on, synchronous_commit ON (what users
+run; --synchronous-commit off measures the other column), shared_buffers 1GB,
+max_wal_size 8GB, checkpoint_timeout 30min, wal_buffers 64MB, jit off,
+autovacuum on.
 
 Targets are printed (PASS/MISS) in a full run, never asserted; --quick judges
 nothing. The "other CPU" column is the average number of CPUs that processes
@@ -85,23 +93,28 @@ REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 ROUTE = "bench"
 TENANT = "bench"
 TERMINAL = ("completed", "completed_with_errors", "failed", "cancelled")
-FIGURES = ["C1", "C2", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"]
+FIGURES = ["C1", "C2", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9"]
 # what a figure needs measured in the same run
-NEEDS = {"B1": ["C1", "C2"], "B8": ["B1"], "B5": ["B2", "B6"]}
+NEEDS = {"B1": ["C1", "C2"], "B8": ["B1"], "B5": ["B2", "B6"], "B9": ["C1", "C2"]}
+# B9: B1's drain at each of these max_inflight
+SWEEP = [10, 50, 200, 1000]
 # every row the table has, in order (the smoke test checks each is printed)
 ROW_IDS = ["C1", "C2", "B1", "B2", "B3.p50", "B3.p95", "B3.p99", "B4.sql", "B4.rest",
-           "B5.peak", "B5.growth", "B6", "B6.trend", "B7.rate", "B7.window", "B8.batchd", "B8.db"]
+           "B5.peak", "B5.growth", "B6", "B6.trend", "B7.rate", "B7.window", "B8.batchd", "B8.db"
+           ] + [f"B9.{m}" for m in SWEEP]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SIZES = {
     "full": dict(c1_items=200_000, c1_clients=4, c2_secs=5, b1_items=200_000, b1_chunk=10_000,
                  b2_items=50_000, b3_batches=200, b4_items=1_000_000, b4_chunk=10_000,
                  b6_items=1_000_000, b6_chunk=10_000, b7_secs=20,
-                 b1_cap=150, b2_cap=90, b6_cap=330, submit_cap=240, budget=560),
+                 b9_items=40_000, b9_cap=60,
+                 b1_cap=150, b2_cap=90, b6_cap=330, submit_cap=240, budget=680),
     "quick": dict(c1_items=10_000, c1_clients=4, c2_secs=1, b1_items=10_000, b1_chunk=5_000,
                   b2_items=3_000, b3_batches=20, b4_items=20_000, b4_chunk=5_000,
                   b6_items=20_000, b6_chunk=5_000, b7_secs=2,
-                  b1_cap=60, b2_cap=30, b6_cap=60, submit_cap=60, budget=200),
+                  b9_items=2_000, b9_cap=30,
+                  b1_cap=60, b2_cap=30, b6_cap=60, submit_cap=60, budget=240),
 }
 
 T0 = time.monotonic()
@@ -278,7 +291,7 @@ PG_STATS_SETTINGS = {
 PG_SETTINGS = {
     "fsync": "on",
     "full_page_writes": "on",
-    "synchronous_commit": "off",
+    "synchronous_commit": "on",   # PostgreSQL's default; --synchronous-commit off for the other column
     "shared_buffers": "1GB",
     "max_wal_size": "8GB",
     "checkpoint_timeout": "30min",
@@ -711,14 +724,14 @@ class Bench:
         return (float(r[0]) if r[0] is not None else None), int(r[1] or 0)
 
     def row(self, rid, figure, value, unit, ceiling=None, ceiling_desc="", ratio=None,
-            target="", ok=None, note=""):
+            target="", ok=None, note="", db_us=None, bd_us=None):
         if self.mode == "quick" or ok is None:
             verdict = "-"
         else:
             verdict = "PASS" if ok else "MISS"
         self.rows[rid] = dict(id=rid, figure=figure, value=value, unit=unit, ceiling=ceiling,
                               ceiling_desc=ceiling_desc, ratio=ratio, target=target,
-                              verdict=verdict, note=note)
+                              verdict=verdict, note=note, db_us=db_us, bd_us=bd_us)
 
     # -------------------------------------------------------------- C1
 
@@ -790,7 +803,8 @@ UPDATE c1.items AS i
                                   pgbench_tps=float(m.group(1)) if m else None,
                                   db_cpu_us_per_item=(cpu1 - cpu0) / n * 1e6, indexes=nidx)
         self.row("C1", f"DB ceiling: pgbench {clients} clients, claim 100 + complete",
-                 rate, "items/s", note=f"{n:,} items, {nidx} indexes")
+                 rate, "items/s", note=f"{n:,} items, {nidx} indexes",
+                 db_us=(cpu1 - cpu0) / n * 1e6)
         log(f"C1: {rate:,.0f} items/s ({(cpu1 - cpu0) / n * 1e6:.1f} us DB CPU/item)")
         self.drop_db(db)
 
@@ -876,7 +890,8 @@ UPDATE c1.items AS i
         self.details["B1"] = dict(items=done, seconds=span, items_per_s=rate, ceiling=ceil,
                                   failed=p.get("failed"), timed_out=bool(p.get("timed_out")))
         self.row("B1", "throughput, latency 0", rate, "items/s", ceil, which, ratio,
-                 ">= 0.70", ratio is not None and ratio >= 0.70, note)
+                 ">= 0.70", ratio is not None and ratio >= 0.70, note,
+                 db_us=(pg1 - pg0) / done * 1e6, bd_us=bd_cpu / done * 1e6)
         log(f"B1: {rate:,.0f} items/s over {span:.2f}s ({done:,} items)")
         # B8: CPU per item during B1
         bd_us = bd_cpu / done * 1e6
@@ -895,6 +910,50 @@ UPDATE c1.items AS i
             f"mock {(mock1 - mock0) / done * 1e6:.1f} us/item")
         self.drop_db(db)
 
+    # -------------------------------------------------------------- B9
+
+    def run_b9(self):
+        """B1's drain at each max_inflight of SWEEP: the same items, latency 0."""
+        n, chunk = self.sz["b9_items"], min(self.sz["b1_chunk"], self.sz["b9_items"])
+        ceil = min(x for x in (self.c1, self.c2) if x) if (self.c1 or self.c2) else None
+        c1_us = self.details.get("C1", {}).get("db_cpu_us_per_item")
+        self.details["B9"] = {}
+        for mi in SWEEP:
+            rid = f"B9.{mi}"
+            db = self.new_db(f"b9_{mi}")
+            self.mock.reset()
+            self.submit_all(db, n, chunk, f"b9-{mi}-", self.sz["submit_cap"])
+            self.prepare_drain(db)
+            pg0 = self.pg.cpu_s()
+            bd = self.batchd(db, f"b9-{mi}", batchd_keys={"max_inflight": mi})
+            bd.wait_ready()
+            p = self.drain(db, bd, self.cap(self.sz["b9_cap"]))
+            bd_cpu = proc_cpu_s(bd.pid) or 0.0
+            pg1 = self.pg.cpu_s()
+            bd.stop()
+            span, done = self.batch_span(db)
+            self.drop_db(db)
+            if not done or not span:
+                self.row(rid, f"throughput, latency 0, max_inflight {mi}", "n/a", "",
+                         note="nothing was processed")
+                continue
+            rate = done / span
+            ratio = rate / ceil if ceil else None
+            db_us, bd_us = (pg1 - pg0) / done * 1e6, bd_cpu / done * 1e6
+            note = f"{done:,} items"
+            if c1_us:
+                note += f"; DB/item {db_us / c1_us:.2f}x C1's"
+            if p.get("timed_out"):
+                note += f"; CAPPED at {self.cap(self.sz['b9_cap']):.0f}s"
+            self.details["B9"][str(mi)] = dict(items=done, seconds=span, items_per_s=rate,
+                                               ratio=ratio, db_us_per_item=db_us,
+                                               batchd_us_per_item=bd_us)
+            self.row(rid, f"throughput, latency 0, max_inflight {mi}", rate, "items/s", ceil,
+                     "min(C1,C2)", ratio, ">= 0.50", ratio is not None and ratio >= 0.50, note,
+                     db_us=db_us, bd_us=bd_us)
+            log(f"B9: max_inflight {mi}: {rate:,.0f} items/s, DB {db_us:.1f} us/item, "
+                f"batchd {bd_us:.1f} us/item")
+
     # -------------------------------------------------------------- B2 (+B5 peak)
 
     def run_b2(self):
@@ -904,11 +963,13 @@ UPDATE c1.items AS i
         self.submit_all(db, n, 10_000, "b2-", self.sz["submit_cap"])
         self.prepare_drain(db)
         log(f"B2: {n:,} items, latency 200 ms, max_inflight 1000")
+        pg0 = self.pg.cpu_s()
         bd = self.batchd(db, "b2", batchd_keys={"max_inflight": 1000})
         sampler = RssSampler(bd.pid, 0.05)
         sampler.start()
         bd.wait_ready()
         p = self.drain(db, bd, self.cap(self.sz["b2_cap"]))
+        pg1, bd_cpu = self.pg.cpu_s(), proc_cpu_s(bd.pid) or 0.0
         mem = proc_mem_kib(bd.pid)
         rss_max = sampler.finish()
         stats = self.mock.get("/_mock/stats")
@@ -921,9 +982,15 @@ UPDATE c1.items AS i
         self.details["B2"] = dict(items=done, seconds=span, items_per_s=rate, ideal=ideal,
                                   mock_max_inflight=stats.get("max_inflight"),
                                   timed_out=bool(p.get("timed_out")))
+        c1_us = self.details.get("C1", {}).get("db_cpu_us_per_item")
+        db_us = (pg1 - pg0) / max(done, 1) * 1e6
+        self.details["B2"].update(db_us_per_item=db_us, batchd_us_per_item=bd_cpu / max(done, 1) * 1e6)
+        note = f"{done:,} items; mock saw max {stats.get('max_inflight')} in flight"
+        if c1_us:
+            note += f"; DB/item {db_us / c1_us:.2f}x C1's"
         self.row("B2", "latency-bound: 200 ms, max_inflight 1000", rate, "items/s", ideal,
-                 "1000 / 0.2 s", ratio, ">= 0.97", ratio >= 0.97,
-                 f"{done:,} items; mock saw max {stats.get('max_inflight')} in flight")
+                 "1000 / 0.2 s", ratio, ">= 0.97", ratio >= 0.97, note,
+                 db_us=db_us, bd_us=bd_cpu / max(done, 1) * 1e6)
         log(f"B2: {rate:,.0f} items/s ({ratio:.3f} of ideal); mock max in flight "
             f"{stats.get('max_inflight')}")
         hwm = mem.get("VmHWM", 0)
@@ -1266,7 +1333,8 @@ UPDATE c1.items AS i
     # -------------------------------------------------------------- run
 
     def run(self, selected):
-        order = [f for f in ["C1", "C2", "B1", "B3", "B4", "B7", "B2", "B6", "B5"] if f in selected]
+        order = [f for f in ["C1", "C2", "B1", "B9", "B3", "B4", "B7", "B2", "B6", "B5"]
+                 if f in selected]
         if "B8" in selected and "B1" not in order:
             order.insert(0, "B1")
         self.c1 = self.c2 = None
@@ -1344,7 +1412,7 @@ UPDATE c1.items AS i
     def table(self, selected):
         want = self.rows_for(selected)
         head = ["ID", "figure", "measured", "ceiling / reference", "ratio", "target", "result",
-                "other CPU", "note"]
+                "DB us/item", "batchd us/item", "other CPU", "note"]
         lines = []
         for rid in want:
             r = self.rows.get(rid)
@@ -1354,7 +1422,7 @@ UPDATE c1.items AS i
                 err = self.errors.get(fig) or self.errors.get(src) or "not measured"
                 if fig == "B5" and not err:
                     err = "not measured"
-                lines.append([rid, "ERROR", err[:90], "", "", "", "ERROR", "", ""])
+                lines.append([rid, "ERROR", err[:90], "", "", "", "ERROR", "", "", "", ""])
                 continue
             ceil = ""
             if r["ceiling"] is not None:
@@ -1369,7 +1437,10 @@ UPDATE c1.items AS i
             noise = self.noise.get(fig)
             lines.append([rid, r["figure"], fmt_num(r["value"], r["unit"]), ceil,
                           "" if r["ratio"] is None else f"{r['ratio']:.3f}", r["target"],
-                          r["verdict"], "" if noise is None else f"{noise:.2f}", r["note"]])
+                          r["verdict"],
+                          "" if r.get("db_us") is None else f"{r['db_us']:.1f}",
+                          "" if r.get("bd_us") is None else f"{r['bd_us']:.1f}",
+                          "" if noise is None else f"{noise:.2f}", r["note"]])
         widths = [max(len(str(x[i])) for x in lines + [head]) for i in range(len(head))]
         out = []
         out.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
@@ -1414,7 +1485,11 @@ def main(argv=None):
                     help="first wait (at most SECONDS) until other processes use < 0.2 CPUs")
     ap.add_argument("--pg-stats", action="store_true",
                     help="diagnosis: pg_stat_statements (track=all), top statements per figure")
+    ap.add_argument("--synchronous-commit", choices=["on", "off"], default="on",
+                    help="the cluster's synchronous_commit (default on, PostgreSQL's default; "
+                         "off gives the figures of the faster, less durable mode beside them)")
     args = ap.parse_args(argv)
+    PG_SETTINGS["synchronous_commit"] = args.synchronous_commit
 
     selected = set(FIGURES)
     if args.only:

@@ -609,7 +609,7 @@ class Batchd:
 @pytest.fixture
 def batchd_factory(tmp_path):
     """start(config_text=None, *, db=None, providers=, routes=, env=, wait=True,
-    listen=True, **batchd_keys) -> Batchd.
+    listen=True, binary=None (default $BATCHD_BIN), **batchd_keys) -> Batchd.
 
     At teardown each daemon still running gets SIGTERM; every daemon must have
     exited 0 (or its expect_rc) and logged no sanitizer report."""
@@ -617,7 +617,8 @@ def batchd_factory(tmp_path):
     counter = itertools.count(1)
 
     def start(config_text=None, *, db=None, providers=None, routes=None, env=None,
-              wait=True, listen=True, ready_timeout=30.0, expect_rc=0, **batchd_keys):
+              wait=True, listen=True, ready_timeout=30.0, expect_rc=0, binary=None,
+              **batchd_keys):
         n = next(counter)
         port = None
         if config_text is None:
@@ -633,7 +634,8 @@ def batchd_factory(tmp_path):
             f.write(config_text)
         log_path = os.path.join(str(tmp_path), f"batchd-{n}.log")
         with open(log_path, "a") as logf:  # O_APPEND: every writer appends
-            proc = subprocess.Popen([require_binary(batchd_bin(), "batchd"), "-c", config_path],
+            proc = subprocess.Popen([require_binary(binary or batchd_bin(), "batchd"),
+                                     "-c", config_path],
                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                     env=batchd_env(env))
         d = Batchd(proc, config_path, log_path, port, expect_rc)
