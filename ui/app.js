@@ -430,8 +430,11 @@
 		lastStatus = status;
 
 		/* rate, ETA and state: /progress of the unfinished batches, and of
-		 * cancelled ones whose items still run (the first few) */
-		const want = batches.filter(wantsProgress).slice(0, PROGRESS_MAX).map((b) => b.id);
+		 * cancelled ones whose items still run (the first few; processing
+		 * ones before pending ones) */
+		const want = batches.filter((b) => wantsProgress(b) && b.status !== 'pending')
+			.concat(batches.filter((b) => b.status === 'pending'))
+			.slice(0, PROGRESS_MAX).map((b) => b.id);
 		if (openId && !want.includes(openId))
 			want.push(openId);
 		/* settled at once, so that a failure is never an unhandled rejection
