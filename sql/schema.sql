@@ -1853,10 +1853,10 @@ $$;
 COMMENT ON FUNCTION batchd.release_unheld(p_worker uuid, p_held bigint[]) IS 'Requeue a worker''s running items that it does not hold (lost claims); returns the count.';
 
 --
--- Name: retry_batch(text, uuid); Type: FUNCTION; Schema: batchd; Owner: -
+-- Name: retry_batch(text, uuid, integer); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
-CREATE FUNCTION batchd.retry_batch(p_tenant text, p_id uuid) RETURNS text
+CREATE FUNCTION batchd.retry_batch(p_tenant text, p_id uuid, p_max_retries integer DEFAULT NULL::integer) RETURNS text
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'batchd'
     AS $$
@@ -1865,8 +1865,9 @@ DECLARE
     v_route     text;
     v_failed    int;
     v_cancelled int;
+    v_retries   int;
 BEGIN
-    SELECT b.status, b.route INTO v_status, v_route
+    SELECT b.status, b.route, b.retries INTO v_status, v_route, v_retries
       FROM batchd.batches AS b
      WHERE b.id = p_id AND b.tenant = p_tenant;
     IF NOT FOUND THEN
@@ -1878,6 +1879,9 @@ BEGIN
     IF EXISTS (SELECT 1 FROM batchd.items AS i
                 WHERE i.batch_id = p_id AND i.status = 'running') THEN
         RETURN 'running';
+    END IF;
+    IF p_max_retries IS NOT NULL AND v_retries >= p_max_retries THEN
+        RETURN 'retry_limit';
     END IF;
 
     -- (1) Items first. FOR UPDATE re-checks the status of rows a concurrent
@@ -1909,7 +1913,7 @@ BEGIN
     -- (2) Then the batch row. It cannot have changed status meanwhile without
     -- changing the items we now hold, but check rather than assume; the
     -- exception rolls the whole call back.
-    SELECT b.status INTO v_status
+    SELECT b.status, b.retries INTO v_status, v_retries
       FROM batchd.batches AS b
      WHERE b.id = p_id
        FOR NO KEY UPDATE;
@@ -1922,12 +1926,14 @@ BEGIN
        SET failed = b.failed - v_failed,
            cancelled = b.cancelled - v_cancelled,
            status = 'processing',
-           finished_at = NULL
+           finished_at = NULL,
+           retries = b.retries + 1
      WHERE b.id = p_id;
 
     INSERT INTO batchd.batch_events (batch_id, event, detail)
     VALUES (p_id, 'retried', jsonb_build_object('failed', v_failed, 'cancelled', v_cancelled,
-                                                'previous_status', v_status));
+                                                'previous_status', v_status,
+                                                'retry', v_retries + 1));
 
     PERFORM pg_notify('batchd_work', v_route);
     RETURN 'ok';
@@ -1935,10 +1941,10 @@ END
 $$;
 
 --
--- Name: FUNCTION retry_batch(p_tenant text, p_id uuid); Type: COMMENT; Schema: batchd; Owner: -
+-- Name: FUNCTION retry_batch(p_tenant text, p_id uuid, p_max_retries integer); Type: COMMENT; Schema: batchd; Owner: -
 --
 
-COMMENT ON FUNCTION batchd.retry_batch(p_tenant text, p_id uuid) IS 'Requeue the failed and cancelled items of a finished batch; ok, not_found, not_terminal, running or nothing_to_retry.';
+COMMENT ON FUNCTION batchd.retry_batch(p_tenant text, p_id uuid, p_max_retries integer) IS 'Requeue the failed and cancelled items of a finished batch retried fewer than max_retries times; ok, not_found, not_terminal, running, nothing_to_retry or retry_limit.';
 
 --
 -- Name: revoke_token(text); Type: FUNCTION; Schema: batchd; Owner: -
@@ -2453,6 +2459,7 @@ CREATE TABLE batchd.batches (
     finished_at timestamp with time zone,
     idempotency_key text,
     idempotency_hash bytea,
+    retries integer DEFAULT 0 NOT NULL,
     CONSTRAINT batches_cancelled_check CHECK ((cancelled >= 0)),
     CONSTRAINT batches_failed_check CHECK ((failed >= 0)),
     CONSTRAINT batches_idempotency_hash_check CHECK (((idempotency_hash IS NULL) OR ((octet_length(idempotency_hash) = 32) AND (idempotency_key IS NOT NULL)))),
@@ -2460,6 +2467,7 @@ CREATE TABLE batchd.batches (
     CONSTRAINT batches_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
     CONSTRAINT batches_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text)),
     CONSTRAINT batches_priority_check CHECK (((priority >= 0) AND (priority <= 10))),
+    CONSTRAINT batches_retries_check CHECK ((retries >= 0)),
     CONSTRAINT batches_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'completed_with_errors'::text, 'failed'::text, 'cancelled'::text]))),
     CONSTRAINT batches_succeeded_check CHECK ((succeeded >= 0)),
     CONSTRAINT batches_total_check CHECK ((total >= 0))
@@ -2496,35 +2504,10 @@ COMMENT ON COLUMN batchd.batches.idempotency_key IS 'Idempotency-Key of the REST
 COMMENT ON COLUMN batchd.batches.idempotency_hash IS 'SHA-256 of the request that used idempotency_key (route, items, options), or NULL';
 
 --
--- Name: groups; Type: TABLE; Schema: batchd; Owner: -
+-- Name: COLUMN batches.retries; Type: COMMENT; Schema: batchd; Owner: -
 --
 
-CREATE TABLE batchd.groups (
-    route text NOT NULL,
-    group_key text NOT NULL,
-    running integer DEFAULT 0 NOT NULL,
-    next_start_at timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
-    CONSTRAINT groups_running_check CHECK ((running >= 0))
-)
-WITH (fillfactor='70', autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02');
-
---
--- Name: TABLE groups; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON TABLE batchd.groups IS 'Per-group claim state shared by all workers: items of the group running now, earliest next start';
-
---
--- Name: COLUMN groups.running; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON COLUMN batchd.groups.running IS 'Items with status running and group_slot true in this group (see batchd.check_groups())';
-
---
--- Name: COLUMN groups.next_start_at; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON COLUMN batchd.groups.next_start_at IS 'No item of the group may start before this (start spacing); -infinity when not spaced';
+COMMENT ON COLUMN batchd.batches.retries IS 'How many times the batch was retried (retry_batch), at most max_batch_retries';
 
 --
 -- Name: items; Type: TABLE; Schema: batchd; Owner: -
@@ -2600,6 +2583,82 @@ COMMENT ON COLUMN batchd.items.tries IS 'Per-provider try counts of the last run
 COMMENT ON COLUMN batchd.items.group_slot IS 'True while the item, running, holds a slot of its group (counted in batchd.groups.running)';
 
 --
+-- Name: batch_status; Type: VIEW; Schema: batchd; Owner: -
+--
+
+CREATE VIEW batchd.batch_status AS
+ SELECT b.id,
+    b.tenant,
+    b.name,
+    b.route,
+    b.status,
+    b.priority,
+    b.total,
+    GREATEST(((((b.total - b.succeeded) - b.failed) - b.cancelled) - run.n), 0) AS queued,
+    run.n AS running,
+    b.succeeded,
+    b.failed,
+    b.cancelled,
+    b.retries,
+        CASE
+            WHEN (b.total > 0) THEN round((((((b.succeeded + b.failed) + b.cancelled))::numeric * 100.0) / (b.total)::numeric), 2)
+            ELSE 100.00
+        END AS percent,
+    b.created_at,
+    b.started_at,
+    b.finished_at,
+    (EXTRACT(epoch FROM (COALESCE(b.finished_at, now()) - b.started_at)))::double precision AS duration_s,
+    ev.event AS last_event,
+    ev.at AS last_event_at
+   FROM ((batchd.batches b
+     CROSS JOIN LATERAL ( SELECT (count(*))::integer AS n
+           FROM batchd.items i
+          WHERE ((i.batch_id = b.id) AND (i.status = 'running'::text))) run)
+     LEFT JOIN LATERAL ( SELECT e.event,
+            e.at
+           FROM batchd.batch_events e
+          WHERE (e.batch_id = b.id)
+          ORDER BY e.id DESC
+         LIMIT 1) ev ON (true));
+
+--
+-- Name: VIEW batch_status; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON VIEW batchd.batch_status IS 'Operators: one row per batch with queued/running/finished counts, retries, percent, duration and the last event';
+
+--
+-- Name: groups; Type: TABLE; Schema: batchd; Owner: -
+--
+
+CREATE TABLE batchd.groups (
+    route text NOT NULL,
+    group_key text NOT NULL,
+    running integer DEFAULT 0 NOT NULL,
+    next_start_at timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    CONSTRAINT groups_running_check CHECK ((running >= 0))
+)
+WITH (fillfactor='70', autovacuum_vacuum_scale_factor='0.02', autovacuum_analyze_scale_factor='0.02');
+
+--
+-- Name: TABLE groups; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON TABLE batchd.groups IS 'Per-group claim state shared by all workers: items of the group running now, earliest next start';
+
+--
+-- Name: COLUMN groups.running; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.groups.running IS 'Items with status running and group_slot true in this group (see batchd.check_groups())';
+
+--
+-- Name: COLUMN groups.next_start_at; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.groups.next_start_at IS 'No item of the group may start before this (start spacing); -infinity when not spaced';
+
+--
 -- Name: items_id_seq; Type: SEQUENCE; Schema: batchd; Owner: -
 --
 
@@ -2662,6 +2721,31 @@ CREATE TABLE batchd.schema_migrations (
     name text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+--
+-- Name: tenant_stats; Type: VIEW; Schema: batchd; Owner: -
+--
+
+CREATE VIEW batchd.tenant_stats AS
+ SELECT b.tenant,
+    (count(*))::integer AS batches,
+    (count(*) FILTER (WHERE (b.status = ANY (ARRAY['pending'::text, 'processing'::text]))))::integer AS active_batches,
+    COALESCE(sum(b.total), (0)::bigint) AS items,
+    COALESCE(sum((((b.total - b.succeeded) - b.failed) - b.cancelled)) FILTER (WHERE (b.status = ANY (ARRAY['pending'::text, 'processing'::text, 'cancelled'::text]))), (0)::bigint) AS unfinished_items,
+    COALESCE(sum(b.succeeded), (0)::bigint) AS succeeded,
+    COALESCE(sum(b.failed), (0)::bigint) AS failed,
+    COALESCE(sum(b.cancelled), (0)::bigint) AS cancelled,
+    COALESCE(sum(b.retries), (0)::bigint) AS retries,
+    min(b.created_at) FILTER (WHERE (b.status = ANY (ARRAY['pending'::text, 'processing'::text]))) AS oldest_active_at,
+    max(b.created_at) AS last_submit_at
+   FROM batchd.batches b
+  GROUP BY b.tenant;
+
+--
+-- Name: VIEW tenant_stats; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON VIEW batchd.tenant_stats IS 'Operators: per tenant, batches (all, active), items (all, unfinished, succeeded, failed, cancelled), retries, oldest active and last submit';
 
 --
 -- Name: workers; Type: TABLE; Schema: batchd; Owner: -
@@ -2772,6 +2856,12 @@ ALTER TABLE ONLY batchd.workers
 --
 
 CREATE INDEX batch_events_batch_idx ON batchd.batch_events USING btree (batch_id, id);
+
+--
+-- Name: batches_active_route_idx; Type: INDEX; Schema: batchd; Owner: -
+--
+
+CREATE INDEX batches_active_route_idx ON batchd.batches USING btree (route, priority DESC, created_at) WHERE (status = ANY (ARRAY['pending'::text, 'processing'::text]));
 
 --
 -- Name: batches_tenant_created_idx; Type: INDEX; Schema: batchd; Owner: -

@@ -5,8 +5,9 @@
  *   POST /v1/batches                          submit (Idempotency-Key)
  *   GET  /v1/batches?status=&limit=&cursor=   list, newest first, keyset pages
  *   GET  /v1/batches/{id}                     one batch
- *   GET  /v1/batches/{id}/progress            counts, rate over the last minute, eta
+ *   GET  /v1/batches/{id}/progress            counts, state, rate over 15 s, eta
  *   GET  /v1/batches/{id}/items?status=&limit=&cursor=
+ *   GET  /v1/batches/{id}/events?limit=&cursor=
  *   GET  /v1/batches/{id}/results             every item as NDJSON, chunked
  *   POST /v1/batches/{id}/cancel | /retry
  *   DELETE /v1/batches/{id}
@@ -112,6 +113,7 @@ static const ApiRoute routes[] = {
 	[EP_RETRY] = { "/v1/batches/{id}/retry", EVHTTP_REQ_POST, RT_ID | RT_BODY,
 		       ep_state_change },
 	[EP_STATUS] = { "/v1/status", M_GET, 0, ep_status },
+	[EP_EVENTS] = { "/v1/batches/{id}/events", M_GET, RT_ID | RT_PAGED, ep_events },
 };
 
 /* Does path match pat?  A "{id}" segment goes to r->idseg (emptied, with
@@ -222,6 +224,11 @@ static int parse_query(Req *r, const ApiRoute *rt, const char *query)
 		}
 		bit = strcmp(p->key, "status") == 0 ? 1 : strcmp(p->key, "limit") == 0 ? 2 :
 			strcmp(p->key, "cursor") == 0 ? 4 : 0;
+		if (bit == 1 && r->ep == EP_EVENTS) {
+			reply_error(r, 400, "unknown query parameter \"status\" (known: limit, cursor)");
+			rc = -1;
+			break;
+		}
 		if (!bit) {
 			reply_error(r, 400, "unknown query parameter \"%.64s\" (known: status, limit, "
 				    "cursor)", p->key);
@@ -266,10 +273,13 @@ static int parse_query(Req *r, const ApiRoute *rt, const char *query)
 					if (ok)
 						snprintf(r->cur_ts, sizeof(r->cur_ts), "%s", dec);
 				}
-			} else if (n > 0 && (size_t)n == strlen(dec) && n <= 10) {
+			} else if (n > 0 && (size_t)n == strlen(dec) &&
+				   n <= (r->ep == EP_EVENTS ? 19 : 10)) {
+				/* items: a seq (int); events: an event id (bigint) */
 				int64_t v;
 				ok = isdigit((unsigned char)dec[0]) &&
-					parse_int(dec, 0, 2147483647, &v) == 0;
+					parse_int(dec, 0, r->ep == EP_EVENTS ? INT64_MAX : 2147483647,
+						  &v) == 0;
 				if (ok)
 					snprintf(r->cur_seq, sizeof(r->cur_seq), "%lld", (long long)v);
 			}

@@ -1,8 +1,10 @@
 /*
  * api_batches.c - the batch endpoints of the REST API: submit (after
  * api_submit.c's check, one statement, batchd.api_submit()), one batch,
- * the list and the items pages (keyset cursors, base64url), progress, and
- * cancel, retry, delete; and how a batch and an item render as JSON.
+ * the list, the items and the events pages (keyset cursors, base64url, each
+ * with the total the filter matches), progress (its state: running,
+ * waiting, stalled, ...), and cancel, retry, delete; and how a batch and an
+ * item render as JSON.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,9 +27,10 @@
 #define BATCH_SELECT \
 	"SELECT b.id, b.name, b.route, b.status, b.priority, b.max_attempts, b.total, " \
 	"greatest(b.total - b.succeeded - b.failed - b.cancelled - run.n, 0), run.n, " \
-	"b.succeeded, b.failed, b.cancelled, batchd.api_ts(b.created_at), " \
-	"batchd.api_ts(b.started_at), batchd.api_ts(b.finished_at), b.metadata, b.group_key " \
-	"FROM batchd.batches AS b CROSS JOIN LATERAL " \
+	"b.succeeded, b.failed, b.cancelled, batchd.api_ts(b.created_at) AS created_at, " \
+	"batchd.api_ts(b.started_at) AS started_at, batchd.api_ts(b.finished_at) AS finished_at, " \
+	"b.metadata, b.group_key, " \
+	"b.retries FROM batchd.batches AS b CROSS JOIN LATERAL " \
 	"(SELECT count(*)::int AS n FROM batchd.items AS i " \
 	" WHERE i.batch_id = b.id AND i.status = 'running') AS run "
 
@@ -37,7 +40,7 @@ static const ApiCol batch_cols[] = {
 	{ "queued", CK_NUM }, { "running", CK_NUM }, { "succeeded", CK_NUM },
 	{ "failed", CK_NUM }, { "cancelled", CK_NUM }, { "created_at", CK_STR },
 	{ "started_at", CK_STR }, { "finished_at", CK_STR }, { "metadata", CK_JSON },
-	{ "group_key", CK_STR },
+	{ "group_key", CK_STR }, { "retries", CK_NUM },
 };
 #define BATCH_NCOLS ((int)ARRAY_SIZE(batch_cols))
 #define BATCH_COL_ID 0
@@ -105,6 +108,8 @@ static void reply_page(Req *r, StrBuf *sb, const char *raw, size_t len)
 	sb_free(sb);
 }
 
+/* The list's rows: column 0 the total the filter matches, then the batch
+ * columns (NULL on a page with no batch). */
 static void step_list(Req *r, PGresult *res)
 {
 	StrBuf sb;
@@ -116,17 +121,19 @@ static void step_list(Req *r, PGresult *res)
 	}
 	n = PQntuples(res);
 	sb_init(&sb);
-	sb_puts(&sb, "{\"batches\":[");
+	sb_printf(&sb, "{\"total\":%s,\"batches\":[", n > 0 ? PQgetvalue(res, 0, 0) : "0");
 	for (int i = 0; i < n && i < r->limit; i++) {
+		if (PQgetisnull(res, i, 1 + BATCH_COL_ID))
+			break;          /* no (more) batches */
 		if (i)
 			sb_putc(&sb, ',');
-		api_render_row(&sb, res, i, 0, batch_cols, BATCH_NCOLS);
+		api_render_row(&sb, res, i, 1, batch_cols, BATCH_NCOLS);
 	}
 	if (n > r->limit) {
 		StrBuf raw;
 		sb_init(&raw);
-		sb_printf(&raw, "%s|%s", PQgetvalue(res, r->limit - 1, BATCH_COL_CREATED),
-			  PQgetvalue(res, r->limit - 1, BATCH_COL_ID));
+		sb_printf(&raw, "%s|%s", PQgetvalue(res, r->limit - 1, 1 + BATCH_COL_CREATED),
+			  PQgetvalue(res, r->limit - 1, 1 + BATCH_COL_ID));
 		reply_page(r, &sb, raw.data, raw.len);
 		sb_free(&raw);
 	} else {
@@ -139,12 +146,19 @@ void ep_list(Req *r)
 	char limit[16];
 	const char *params[5];
 
-	/* newest first; ties by id ascending, which is the index's order */
-	static const char sql[] = BATCH_SELECT
-		"WHERE b.tenant = $1 AND ($2::text IS NULL OR b.status = $2) "
-		"AND ($3::timestamptz IS NULL OR (b.created_at <= $3 "
-		"     AND (b.created_at < $3 OR b.id > $4::uuid))) "
-		"ORDER BY b.created_at DESC, b.id LIMIT $5::int";
+	/* One statement: the total of the filter (whatever the cursor), one row
+	 * with NULL batch columns when the page is empty.  Newest first; ties
+	 * by id ascending, which is the index's order (created_at is the
+	 * api_ts text, which sorts as the time does). */
+	static const char sql[] =
+		"SELECT t.n, p.* FROM (SELECT count(*) AS n FROM batchd.batches AS c "
+		"  WHERE c.tenant = $1 AND ($2::text IS NULL OR c.status = $2)) AS t "
+		"LEFT JOIN LATERAL (" BATCH_SELECT
+		"  WHERE b.tenant = $1 AND ($2::text IS NULL OR b.status = $2) "
+		"  AND ($3::timestamptz IS NULL OR (b.created_at <= $3 "
+		"       AND (b.created_at < $3 OR b.id > $4::uuid))) "
+		"  ORDER BY b.created_at DESC, b.id LIMIT $5::int) AS p ON true "
+		"ORDER BY p.created_at DESC, p.id";
 
 	snprintf(limit, sizeof(limit), "%d", r->limit + 1);
 	params[0] = r->tenant;
@@ -157,6 +171,10 @@ void ep_list(Req *r)
 
 /* ------------------------------------------------------------------ items */
 
+/* The items page's rows: the batch id, the item columns (NULL when the page
+ * is empty), then the total of the filter. */
+#define ITEMS_COL_TOTAL (1 + api_item_ncols)
+
 static void step_items(Req *r, PGresult *res)
 {
 	StrBuf sb;
@@ -166,7 +184,7 @@ static void step_items(Req *r, PGresult *res)
 		return;
 	n = PQntuples(res);
 	sb_init(&sb);
-	sb_puts(&sb, "{\"items\":[");
+	sb_printf(&sb, "{\"total\":%s,\"items\":[", PQgetvalue(res, 0, ITEMS_COL_TOTAL));
 	for (int i = 0; i < n && i < r->limit; i++) {
 		if (PQgetisnull(res, i, 1))
 			break;          /* the batch has no (such) items */
@@ -188,9 +206,15 @@ void ep_items(Req *r)
 	const char *params[5];
 
 	/* One statement: no row = no such batch (404); one row of NULL items =
-	 * an empty page. */
+	 * an empty page.  The total comes from the batch's counters (exact),
+	 * except for queued and running, which are counted. */
 	static const char sql[] =
-		"SELECT b.id, it.* FROM batchd.batches AS b "
+		"SELECT b.id, it.*, CASE WHEN $3::text IS NULL THEN b.total::bigint "
+		"  WHEN $3 = 'succeeded' THEN b.succeeded WHEN $3 = 'failed' THEN b.failed "
+		"  WHEN $3 = 'cancelled' THEN b.cancelled "
+		"  ELSE (SELECT count(*) FROM batchd.items AS c "
+		"         WHERE c.batch_id = b.id AND c.status = $3) END "
+		"FROM batchd.batches AS b "
 		"LEFT JOIN LATERAL (SELECT " ITEM_COLS " FROM batchd.items AS i "
 		"  WHERE i.batch_id = b.id AND ($3::text IS NULL OR i.status = $3) "
 		"    AND ($4::int IS NULL OR i.seq > $4) "
@@ -206,41 +230,151 @@ void ep_items(Req *r)
 	req_query(r, false, sql, 5, params, step_items);
 }
 
+/* ------------------------------------------------------------------ events */
+
+static const ApiCol event_cols[] = {
+	{ "id", CK_NUM }, { "at", CK_STR }, { "event", CK_STR }, { "detail", CK_JSON },
+};
+
+/* Rows: the batch id, the number of its events, then the event columns
+ * (NULL when the page is empty). */
+static void step_events(Req *r, PGresult *res)
+{
+	StrBuf sb;
+	int n, shown = 0;
+
+	if (!req_batch_found(r, res))
+		return;
+	n = PQntuples(res);
+	sb_init(&sb);
+	sb_printf(&sb, "{\"total\":%s,\"events\":[", PQgetvalue(res, 0, 1));
+	for (int i = 0; i < n && i < r->limit; i++) {
+		if (PQgetisnull(res, i, 2))
+			break;
+		if (shown++)
+			sb_putc(&sb, ',');
+		api_render_row(&sb, res, i, 2, event_cols, (int)ARRAY_SIZE(event_cols));
+	}
+	if (n > r->limit) {
+		const char *id = PQgetvalue(res, r->limit - 1, 2);
+		reply_page(r, &sb, id, strlen(id));
+	} else {
+		reply_page(r, &sb, NULL, 0);
+	}
+}
+
+/* GET /v1/batches/{id}/events: oldest first, keyset pages by event id. */
+void ep_events(Req *r)
+{
+	char limit[16];
+	const char *params[4];
+
+	static const char sql[] =
+		"SELECT b.id, (SELECT count(*) FROM batchd.batch_events AS c WHERE c.batch_id = b.id), "
+		"  e.* FROM batchd.batches AS b "
+		"LEFT JOIN LATERAL (SELECT e.id, batchd.api_ts(e.at), e.event, e.detail "
+		"  FROM batchd.batch_events AS e "
+		"  WHERE e.batch_id = b.id AND ($3::bigint IS NULL OR e.id > $3) "
+		"  ORDER BY e.id LIMIT $4::int) AS e ON true "
+		"WHERE b.id = $1::uuid AND b.tenant = $2 ORDER BY e.id";
+
+	snprintf(limit, sizeof(limit), "%d", r->limit + 1);
+	params[0] = r->id;
+	params[1] = r->tenant;
+	params[2] = r->cur_seq[0] ? r->cur_seq : NULL;
+	params[3] = limit;
+	req_query(r, false, sql, 4, params, step_events);
+}
+
 /* ------------------------------------------------------------------ progress */
+
+/*
+ * The rate is over the last PROGRESS_WINDOW_S seconds (or since the start
+ * when that is more recent): short enough that a batch that stops moving
+ * shows it within seconds, long enough to smooth the engine's bursts of
+ * claims and its completion flushes.  An ETA needs PROGRESS_MIN_SAMPLES
+ * items finished in the window and the batch running.
+ */
+#define PROGRESS_WINDOW_S 15
+#define PROGRESS_MIN_SAMPLES 3
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define PROGRESS_INTERVAL "interval '" STR(PROGRESS_WINDOW_S) " seconds'"
+
+enum ProgressCol {
+	PC_ID, PC_STATUS, PC_TOTAL, PC_SUCCEEDED, PC_FAILED, PC_CANCELLED, PC_RECENT, PC_ELAPSED,
+	PC_RUNNING, PC_AHEAD, PC_AGE, PC_RETRIES,
+};
+
+/*
+ * state: the batch's status when it is finished (completed,
+ * completed_with_errors, failed) or cancelled (its running items, still
+ * counted in running, end on their own); else running (items running, or
+ * finished within the window), waiting (none running, and a batch of the
+ * same route ahead of it in claim order has unfinished items:
+ * waiting_behind_priority is the highest such priority), pending (nothing
+ * has moved yet and it was submitted within the window), or stalled.
+ */
+static const char *progress_state(const char *status, long long running, long long recent,
+				  bool ahead, double age)
+{
+	if (strcmp(status, "pending") != 0 && strcmp(status, "processing") != 0)
+		return status;
+	if (running > 0)
+		return "running";
+	if (ahead)
+		return "waiting";
+	if (recent > 0)
+		return "running";
+	if (age < PROGRESS_WINDOW_S && strcmp(status, "pending") == 0)
+		return "pending";
+	return "stalled";
+}
 
 static void step_progress(Req *r, PGresult *res)
 {
-	long long total, succeeded, failed, cancelled, done, recent;
-	double elapsed, window, rate, percent;
-	const char *status;
-	bool terminal;
+	long long total, succeeded, failed, cancelled, done, recent, running, queued;
+	double elapsed, window, rate, percent, fraction;
+	const char *status, *state;
+	bool ahead;
 	StrBuf sb;
 
 	if (!req_batch_found(r, res))
 		return;
-	status = PQgetvalue(res, 0, 1);
-	total = atoll(PQgetvalue(res, 0, 2));
-	succeeded = atoll(PQgetvalue(res, 0, 3));
-	failed = atoll(PQgetvalue(res, 0, 4));
-	cancelled = atoll(PQgetvalue(res, 0, 5));
-	recent = atoll(PQgetvalue(res, 0, 6));
-	elapsed = atof(PQgetvalue(res, 0, 7));
+	status = PQgetvalue(res, 0, PC_STATUS);
+	total = atoll(PQgetvalue(res, 0, PC_TOTAL));
+	succeeded = atoll(PQgetvalue(res, 0, PC_SUCCEEDED));
+	failed = atoll(PQgetvalue(res, 0, PC_FAILED));
+	cancelled = atoll(PQgetvalue(res, 0, PC_CANCELLED));
+	recent = atoll(PQgetvalue(res, 0, PC_RECENT));
+	elapsed = atof(PQgetvalue(res, 0, PC_ELAPSED));
+	running = atoll(PQgetvalue(res, 0, PC_RUNNING));
+	ahead = !PQgetisnull(res, 0, PC_AHEAD);
 	done = succeeded + failed + cancelled;
-	terminal = status_batch_terminal(status);
-	/* over the last minute, or since the start when that is more recent */
-	window = elapsed < 1.0 ? 1.0 : elapsed > 60.0 ? 60.0 : elapsed;
+	queued = total - done - running;
+	if (queued < 0)
+		queued = 0;
+	state = progress_state(status, running, recent, ahead, atof(PQgetvalue(res, 0, PC_AGE)));
+	window = elapsed < 1.0 ? 1.0 : elapsed > PROGRESS_WINDOW_S ? PROGRESS_WINDOW_S : elapsed;
 	rate = (double)recent / window;
-	percent = total > 0 ? (double)done * 100.0 / (double)total : 100.0;
+	fraction = total > 0 ? (double)done / (double)total : 1.0;
+	percent = fraction * 100.0;
 
 	sb_init(&sb);
 	sb_puts(&sb, "{\"batch_id\":");
-	json_append_string(&sb, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
+	json_append_string(&sb, PQgetvalue(res, 0, PC_ID), (size_t)PQgetlength(res, 0, PC_ID));
 	sb_puts(&sb, ",\"status\":");
 	json_append_string(&sb, status, strlen(status));
-	sb_printf(&sb, ",\"total\":%lld,\"done\":%lld,\"percent\":%.2f,\"succeeded\":%lld,"
-		  "\"failed\":%lld,\"cancelled\":%lld,\"rate_per_s\":%.3f,\"eta_s\":",
-		  total, done, percent, succeeded, failed, cancelled, rate);
-	if (terminal || rate <= 0.0 || done >= total)
+	sb_puts(&sb, ",\"state\":");
+	json_append_string(&sb, state, strlen(state));
+	sb_printf(&sb, ",\"waiting_behind_priority\":%s",
+		  strcmp(state, "waiting") == 0 ? PQgetvalue(res, 0, PC_AHEAD) : "null");
+	sb_printf(&sb, ",\"total\":%lld,\"done\":%lld,\"queued\":%lld,\"running\":%lld,"
+		  "\"percent\":%.2f,\"fraction\":%.4f,\"succeeded\":%lld,\"failed\":%lld,"
+		  "\"cancelled\":%lld,\"retries\":%s,\"rate_per_s\":%.3f,\"rate_window_s\":%.1f,"
+		  "\"eta_s\":", total, done, queued, running, percent, fraction, succeeded,
+		  failed, cancelled, PQgetvalue(res, 0, PC_RETRIES), rate, window);
+	if (strcmp(state, "running") != 0 || recent < PROGRESS_MIN_SAMPLES || done >= total)
 		sb_puts(&sb, "null");
 	else
 		sb_printf(&sb, "%.1f", (double)(total - done) / rate);
@@ -253,22 +387,47 @@ void ep_progress(Req *r)
 {
 	const char *params[2] = { r->id, r->tenant };
 
-	/* Items finished in the last minute: read only while that can be
-	 * non-zero (not for batches that finished earlier). */
+	/* Items finished in the window: read only while that can be non-zero
+	 * (not for batches that finished earlier).  The batches ahead: only
+	 * while it matters (unfinished, nothing running); their counters tell
+	 * whether they have items left (partial index of unfinished batches). */
 	static const char sql[] =
 		"SELECT b.id, b.status, b.total, b.succeeded, b.failed, b.cancelled, "
 		"  CASE WHEN b.started_at IS NULL "
-		"         OR b.finished_at < now() - interval '60 seconds' THEN 0 "
+		"         OR b.finished_at < now() - " PROGRESS_INTERVAL " THEN 0 "
 		"       ELSE (SELECT count(*) FROM batchd.items AS i "
 		"              WHERE i.batch_id = b.id AND i.status IN ('succeeded', 'failed') "
-		"                AND i.finished_at >= now() - interval '60 seconds') END, "
-		"  coalesce(extract(epoch FROM now() - b.started_at), 0)::float8 "
-		"FROM batchd.batches AS b WHERE b.id = $1::uuid AND b.tenant = $2";
+		"                AND i.finished_at >= now() - " PROGRESS_INTERVAL ") END, "
+		"  coalesce(extract(epoch FROM now() - b.started_at), 0)::float8, run.n, "
+		"  CASE WHEN b.status IN ('pending', 'processing') AND run.n = 0 THEN "
+		"    (SELECT max(o.priority) FROM batchd.batches AS o "
+		"      WHERE o.route = b.route AND o.status IN ('pending', 'processing') "
+		"        AND o.id <> b.id AND o.priority >= b.priority "
+		"        AND (o.priority > b.priority OR o.created_at < b.created_at) "
+		"        AND o.succeeded + o.failed + o.cancelled < o.total) END, "
+		"  extract(epoch FROM now() - b.created_at)::float8, b.retries "
+		"FROM batchd.batches AS b CROSS JOIN LATERAL "
+		"  (SELECT count(*) AS n FROM batchd.items AS i "
+		"    WHERE i.batch_id = b.id AND i.status = 'running') AS run "
+		"WHERE b.id = $1::uuid AND b.tenant = $2";
 
 	req_query(r, false, sql, 2, params, step_progress);
 }
 
 /* ------------------------------------------------------------------ cancel, retry, delete */
+
+/* 409 retry_limit_reached: the batch was retried max_batch_retries times. */
+static void reply_retry_limit(Req *r)
+{
+	StrBuf sb;
+
+	sb_init(&sb);
+	sb_printf(&sb, "{\"error\":{\"code\":\"retry_limit_reached\",\"message\":\"the batch "
+		  "has been retried max_batch_retries (%d) times: submit its failed items as a "
+		  "new batch\"}}", r->api->bd->cfg->max_batch_retries);
+	reply_json(r, 409, sb.data, sb.len);
+	sb_free(&sb);
+}
 
 static void step_state_change(Req *r, PGresult *res)
 {
@@ -298,6 +457,8 @@ static void step_state_change(Req *r, PGresult *res)
 		reply_error(r, 409, "the batch still has running items; try again when they finish");
 	} else if (strcmp(code, "nothing_to_retry") == 0) {
 		reply_error(r, 409, "the batch has no failed or cancelled items to retry");
+	} else if (strcmp(code, "retry_limit") == 0) {
+		reply_retry_limit(r);
 	} else {
 		reply_error(r, 500, "unexpected answer '%s' from the database", code);
 	}
@@ -305,12 +466,14 @@ static void step_state_change(Req *r, PGresult *res)
 
 void ep_state_change(Req *r)
 {
-	const char *params[2] = { r->tenant, r->id };
+	char cap[16];
+	const char *params[3] = { r->tenant, r->id, cap };
 	const char *sql = r->ep == EP_CANCEL ? "SELECT batchd.cancel_batch($1, $2::uuid)" :
-		r->ep == EP_RETRY ? "SELECT batchd.retry_batch($1, $2::uuid)" :
+		r->ep == EP_RETRY ? "SELECT batchd.retry_batch($1, $2::uuid, $3::int)" :
 		"SELECT batchd.delete_batch($1, $2::uuid)";
 
-	req_query(r, false, sql, 2, params, step_state_change);
+	snprintf(cap, sizeof(cap), "%d", r->api->bd->cfg->max_batch_retries);
+	req_query(r, false, sql, r->ep == EP_RETRY ? 3 : 2, params, step_state_change);
 }
 
 /* 422 idempotency_key_reused: batchd.api_submit()'s BD422, whose message

@@ -652,6 +652,9 @@ static void report_http_error(long status, const StrBuf *body)
 	code = jv_str(jv_get(v, "error"), "code");
 	if (code && strcmp(code, "idempotency_key_reused") == 0)
 		msg_error("hint: a different batch needs a new --idempotency-key");
+	if (code && strcmp(code, "retry_limit_reached") == 0)
+		msg_error("hint: batchctl results --status failed --format csv ID writes its "
+			  "failed items; submit them as a new batch");
 	free(text);
 	yajl_tree_free(v);
 }
@@ -1326,19 +1329,24 @@ out:
 
 typedef struct Progress {
 	char status[32];
-	int64_t total, done, succeeded, failed, cancelled;
+	char state[32];                 /* GET .../progress state; status when absent */
+	int64_t total, done, succeeded, failed, cancelled, running;
+	int64_t behind;                 /* waiting_behind_priority; -1: none */
 	double percent, rate, eta;      /* eta < 0: unknown */
 } Progress;
 
 static void progress_parse(yajl_val v, Progress *pg)
 {
-	const char *st = jv_str(v, "status");
+	const char *st = jv_str(v, "status"), *state = jv_str(v, "state");
 
 	snprintf(pg->status, sizeof(pg->status), "%s", st ? st : "?");
+	snprintf(pg->state, sizeof(pg->state), "%s", state ? state : pg->status);
 	pg->total = jv_int(v, "total", 0);
 	pg->succeeded = jv_int(v, "succeeded", 0);
 	pg->failed = jv_int(v, "failed", 0);
 	pg->cancelled = jv_int(v, "cancelled", 0);
+	pg->running = jv_int(v, "running", 0);
+	pg->behind = jv_int(v, "waiting_behind_priority", -1);
 	pg->done = jv_int(v, "done", pg->succeeded + pg->failed + pg->cancelled);
 	pg->percent = jv_double(v, "percent", pg->total ? 100.0 * (double)pg->done /
 				(double)pg->total : 0);
@@ -1348,12 +1356,35 @@ static void progress_parse(yajl_val v, Progress *pg)
 
 static bool progress_same(const Progress *a, const Progress *b)
 {
-	return strcmp(a->status, b->status) == 0 && a->total == b->total && a->done == b->done &&
-		a->succeeded == b->succeeded && a->failed == b->failed &&
-		a->cancelled == b->cancelled;
+	return strcmp(a->status, b->status) == 0 && strcmp(a->state, b->state) == 0 &&
+		a->total == b->total && a->done == b->done && a->succeeded == b->succeeded &&
+		a->failed == b->failed && a->cancelled == b->cancelled &&
+		a->running == b->running && a->behind == b->behind;
 }
 
-/* "52/100  52.0%  12.3/s  ETA 4s  ok 50  failed 2  cancelled 0" */
+/* Over: the batch is finished and none of its items runs any more (a
+ * cancelled batch's running items end on their own). */
+static bool progress_over(const Progress *pg)
+{
+	return status_batch_terminal(pg->status) && pg->running == 0;
+}
+
+/* What the batch is doing, in words: "processing", "waiting (behind
+ * priority 7)", "stalled", "cancelled, 3 still running", "completed". */
+static void progress_words(StrBuf *sb, const Progress *pg)
+{
+	if (strcmp(pg->state, "running") == 0)
+		sb_puts(sb, pg->status);
+	else if (strcmp(pg->state, "waiting") == 0 && pg->behind >= 0)
+		sb_printf(sb, "waiting (behind priority %" PRId64 ")", pg->behind);
+	else
+		sb_puts(sb, pg->state);
+	if (status_batch_terminal(pg->status) && pg->running > 0)
+		sb_printf(sb, ", %" PRId64 " still running", pg->running);
+}
+
+/* "52/100  52.0%  12.3/s  ETA 4s  ok 50  failed 2  cancelled 0"; the ETA
+ * is "-" unless the server gave one (running, enough recent samples). */
 static void progress_figures(StrBuf *sb, const Progress *pg)
 {
 	sb_printf(sb, "%" PRId64 "/%" PRId64 "  %5.1f%%  %.1f/s  ETA ", pg->done, pg->total,
@@ -1389,7 +1420,8 @@ static void progress_draw(FILE *f, const Progress *pg)
 	sb_init(&text);
 	sb_init(&line);
 	progress_figures(&text, pg);
-	sb_printf(&text, "  %s", pg->status);
+	sb_puts(&text, "  ");
+	progress_words(&text, pg);
 	barw = cols - 1 - (int)text.len - 3;
 	if (barw > 40)
 		barw = 40;
@@ -1433,7 +1465,8 @@ static int batch_exit(const char *status)
 }
 
 /*
- * Poll /progress until the batch is terminal.  Output to f: a redrawn bar
+ * Poll /progress until the batch is terminal and none of its items runs
+ * (a cancelled batch shows its running items until they end).  Output to f: a redrawn bar
  * on a terminal, else one plain line per change; ndjson prints each
  * changed progress object instead.  Once the server has answered, a lost
  * connection or a 502/503/504 (batchd restarting, a proxy in between) is
@@ -1509,14 +1542,16 @@ static int watch_run(Ctl *ctl, const char *id, FILE *f, bool ndjson, int64_t int
 			drawn = true;
 		} else if (!have || !progress_same(&pg, &last)) {
 			sb_reset(&line);
+			progress_words(&line, &pg);
+			sb_puts(&line, ": ");
 			progress_figures(&line, &pg);
-			fprintf(f, "%s: %s\n", pg.status, line.data);
+			fprintf(f, "%s\n", line.data);
 			fflush(f);
 		}
 		yajl_tree_free(v);
 		have = true;
 		last = pg;
-		if (status_batch_terminal(pg.status)) {
+		if (progress_over(&pg)) {
 			if (drawn)
 				fputc('\n', f);
 			if (!ndjson)

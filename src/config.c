@@ -554,6 +554,7 @@ static const ConfigKey batchd_keys[] = {
 	{ "listen", set_listen, CFG(listen), 1, 0, false },
 	{ "log_format", set_log_format, CFG(log_format), 0, 0, false },
 	{ "log_level", set_log_level, CFG(log_level), 0, 0, false },
+	{ "max_batch_retries", set_int, CFG(max_batch_retries), 0, 1000000, false },
 	{ "max_body_size", set_size, CFG(max_body_size), 1024, GB, false },
 	{ "max_inflight", set_int, CFG(max_inflight), 1, 100000, false },
 	{ "poll_interval", set_duration, CFG(poll_interval_ms), 10, DAY_MS, false },
@@ -1078,6 +1079,7 @@ Config *config_load(const char *path, char *err, size_t errlen)
 	cfg->max_body_size = 64LL * 1024 * 1024;
 	cfg->retention_ms = 0;
 	cfg->idempotency_ttl_ms = DAY_MS;
+	cfg->max_batch_retries = 10;
 	cfg->watchdog_db_grace_ms = 60 * 1000;
 	ctx.cfg = cfg;
 

@@ -15,8 +15,9 @@
 	const HIDDEN_POLL_MS = 10000;   /* ... and while it is not */
 	const MAX_BACKOFF_MS = 10000;   /* retry period when the server is unreachable */
 	const LIST_LIMIT = 50;          /* batches shown */
-	const PROGRESS_MAX = 8;         /* /progress requests per refresh (processing batches) */
+	const PROGRESS_MAX = 8;         /* /progress requests per refresh (unfinished batches) */
 	const FAILED_LIMIT = 50;        /* failed items shown in a batch's detail */
+	const EVENTS_LIMIT = 50;        /* events shown in a batch's detail (the first ones) */
 	const TERMINAL = ['completed', 'completed_with_errors', 'failed', 'cancelled'];
 	const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 	const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -254,11 +255,13 @@
 	let failures = 0;
 	let batches = [];
 	let nextCursor = null;
+	let listTotal = null;          /* the list's total (all the tenant's batches) */
 	const progress = new Map();    /* batch id -> /progress answer */
 	let openId = null;
 	let detail = null;             /* the open batch */
 	let failedItems = null;
 	let failedMore = false;
+	let events = null;             /* the open batch's /events answer */
 	let lastStatus = null;
 	let busyAction = false;
 
@@ -423,10 +426,15 @@
 			return;
 		batches = Array.isArray(list && list.batches) ? list.batches : [];
 		nextCursor = list ? list.next_cursor : null;
+		listTotal = list && typeof list.total === 'number' ? list.total : null;
 		lastStatus = status;
 
-		/* rate and ETA: /progress of the processing batches (the first few) */
-		const want = batches.filter((b) => b.status === 'processing').slice(0, PROGRESS_MAX).map((b) => b.id);
+		/* rate, ETA and state: /progress of the unfinished batches, and of
+		 * cancelled ones whose items still run (the first few; processing
+		 * ones before pending ones) */
+		const want = batches.filter((b) => wantsProgress(b) && b.status !== 'pending')
+			.concat(batches.filter((b) => b.status === 'pending'))
+			.slice(0, PROGRESS_MAX).map((b) => b.id);
 		if (openId && !want.includes(openId))
 			want.push(openId);
 		/* settled at once, so that a failure is never an unhandled rejection
@@ -434,6 +442,7 @@
 		const detailReq = openId ? Promise.all([
 			api('GET', '/v1/batches/' + openId),
 			api('GET', '/v1/batches/' + openId + '/items?status=failed&limit=' + (FAILED_LIMIT + 1)),
+			api('GET', '/v1/batches/' + openId + '/events?limit=' + EVENTS_LIMIT),
 		]).then((v) => ({value: v}), (e) => ({error: e})) : null;
 		const settled = await Promise.allSettled(want.map((id) =>
 			api('GET', '/v1/batches/' + id + '/progress')));
@@ -448,7 +457,7 @@
 				throw r.reason;
 		});
 		for (const b of batches)
-			if (b.status !== 'processing' && b.id !== openId)
+			if (!wantsProgress(b) && b.id !== openId)
 				progress.delete(b.id);
 
 		if (detailReq) {
@@ -457,10 +466,11 @@
 				const got = await detailReq;
 				if (got.error)
 					throw got.error;
-				const [b, it] = got.value;
+				const [b, it, ev] = got.value;
 				if (gen !== generation || id !== openId)
 					return;
 				detail = b;
+				events = ev && Array.isArray(ev.events) ? ev : null;
 				const items = Array.isArray(it && it.items) ? it.items : [];
 				failedMore = items.length > FAILED_LIMIT || !!(it && it.next_cursor);
 				failedItems = items.slice(0, FAILED_LIMIT);
@@ -491,6 +501,7 @@
 		progress.clear();
 		detail = null;
 		failedItems = null;
+		events = null;
 		lastStatus = null;
 		for (const cache of [batchRows, providerRows, workerRows])
 			for (const row of cache.values())
@@ -504,6 +515,7 @@
 		detailBar = null;
 		$('detail-facts').replaceChildren();
 		$('detail-progress').replaceChildren();
+		$('detail-events').replaceChildren();
 		setText($('flash'), '');
 		setText($('action-msg'), '');
 		setText($('db-state'), '');
@@ -529,17 +541,48 @@
 		return row;
 	}
 
+	function wantsProgress(b) {
+		return !isTerminal(b.status) || (b.running | 0) > 0;
+	}
+
+	/* Items of a batch still running: from its /progress when we have it
+	 * (fresher), else from the list. */
+	function runningOf(b) {
+		const p = progress.get(b.id);
+		return p && typeof p.running === 'number' ? p.running : (b.running | 0);
+	}
+
+	/* "cancelled", or "cancelled, 3 still running" while they end */
+	function statusText(b) {
+		const n = isTerminal(b.status) ? runningOf(b) : 0;
+		return statusWord(b.status) + (n > 0 ? ', ' + fmtInt(n) + ' still running' : '');
+	}
+
+	/*
+	 * Rate and ETA (or what the batch is doing instead) from its /progress:
+	 * the server's state says whether it moves; an ETA is shown only when
+	 * the server gives one (running, enough recent samples).
+	 */
 	function rateEta(b) {
 		const p = progress.get(b.id);
-		if (b.status === 'pending')
-			return ['\u2014', 'waiting'];
-		if (b.status !== 'processing')
-			return ['\u2014', isTerminal(b.status) ? 'done' : '\u2014'];
+		if (isTerminal(b.status))
+			return ['\u2014', runningOf(b) > 0 ? fmtInt(runningOf(b)) + ' still running' : 'done'];
 		if (!p)
-			return ['\u2026', '\u2026'];
-		const eta = p.eta_s === null || p.eta_s === undefined ?
-			(p.rate_per_s > 0 ? '\u2014' : 'stalled') : fmtDuration(p.eta_s);
-		return [fmtRate(p.rate_per_s), eta];
+			return ['\u2026', b.status === 'pending' ? 'waiting' : '\u2026'];
+		const rate = fmtRate(p.rate_per_s);
+		switch (p.state) {
+		case 'waiting':
+			return [rate, typeof p.waiting_behind_priority === 'number' ?
+				'waiting (behind priority ' + p.waiting_behind_priority + ')' : 'waiting'];
+		case 'stalled':
+			return [rate, 'stalled'];
+		case 'pending':
+			return [rate, 'waiting to start'];
+		case 'running':
+			return [rate, typeof p.eta_s === 'number' ? fmtDuration(p.eta_s) : '\u2014'];
+		default:
+			return [rate, statusWord(p.state || b.status)];
+		}
 	}
 
 	function renderBatches() {
@@ -556,7 +599,7 @@
 					u.link.removeAttribute('aria-current');
 			}
 			setText(u.cells.route, b.route);
-			setText(u.status, statusWord(b.status));
+			setText(u.status, statusText(b));
 			setClass(u.status, 'badge st-' + b.status);
 			setClass(row, b.id === openId ? 'selected' : '');
 			setAttr(row, 'data-status', b.status);
@@ -568,6 +611,7 @@
 		show($('batches-empty'), batches.length === 0);
 		const more = $('batches-more');
 		setText(more, nextCursor ? 'Showing the newest ' + batches.length +
+			(typeof listTotal === 'number' ? ' of ' + fmtInt(listTotal) : '') +
 			' batches (batchctl list, or the API with a cursor, pages through the rest).' : '');
 		show(more, !!nextCursor);
 	}
@@ -590,13 +634,14 @@
 
 		const dl = el('dl', {id: 'detail-facts', class: 'facts'});
 		fact(dl, 'ID', el('code', null, b.id));
-		fact(dl, 'Status', el('span', {class: 'badge st-' + b.status}, statusWord(b.status)));
+		fact(dl, 'Status', el('span', {class: 'badge st-' + b.status}, statusText(b)));
 		fact(dl, 'Route', String(b.route));
 		fact(dl, 'Items', fmtInt(b.total) + ' (' + fmtInt(b.queued) + ' queued, ' + fmtInt(b.running) + ' running)');
 		const [rate, eta] = rateEta(b);
 		fact(dl, 'Rate', rate);
 		fact(dl, 'ETA', eta);
 		fact(dl, 'Priority', fmtInt(b.priority) + ', at most ' + fmtInt(b.max_attempts) + ' attempts');
+		fact(dl, 'Retried', (b.retries | 0) === 1 ? 'once' : fmtInt(b.retries | 0) + ' times');
 		fact(dl, 'Created', fmtTime(b.created_at));
 		fact(dl, 'Started', fmtTime(b.started_at));
 		fact(dl, 'Finished', fmtTime(b.finished_at));
@@ -611,7 +656,35 @@
 		}
 		updateBar(detailBar, b);
 		updateActions(b);
+		renderEvents();
 		renderFailed();
+	}
+
+	/* "cancelled (7 cancelled, 3 running)", "retried (retry 1: 2 failed, 7
+	 * cancelled)": the event and the figures of its detail, as text. */
+	function eventText(e) {
+		const d = e.detail && typeof e.detail === 'object' && !Array.isArray(e.detail) ? e.detail : {};
+		const parts = [];
+		for (const [k, v] of Object.entries(d))
+			if (typeof v === 'number' || typeof v === 'string')
+				parts.push(statusWord(k) + ' ' + (typeof v === 'number' ? fmtInt(v) : statusWord(v)));
+		return statusWord(e.event) + (parts.length ? ' (' + parts.join(', ') + ')' : '');
+	}
+
+	function renderEvents() {
+		const list = events ? events.events : [];
+		const ol = el('ol', {id: 'detail-events', class: 'events'});
+		for (const e of list)
+			ol.append(el('li', {'data-event': String(e.event)},
+				el('time', {datetime: String(e.at || '')}, fmtTime(e.at)), ' ', eventText(e)));
+		const old = $('detail-events');
+		if (old.textContent !== ol.textContent)
+			old.replaceWith(ol);
+		show($('events-empty'), !!events && list.length === 0);
+		const more = events && typeof events.total === 'number' && events.total > list.length;
+		setText($('events-more'), more ? 'Showing the first ' + list.length + ' of ' +
+			fmtInt(events.total) + ' events; GET /v1/batches/{id}/events pages through them.' : '');
+		show($('events-more'), !!more);
 	}
 
 	function updateActions(b) {
@@ -844,6 +917,8 @@
 		detail = null;
 		failedItems = null;
 		failedMore = false;
+		events = null;
+		$('detail-events').replaceChildren();
 		for (const row of failedRows.values())
 			row.remove();
 		failedRows.clear();
@@ -865,6 +940,7 @@
 		openId = null;
 		detail = null;
 		failedItems = null;
+		events = null;
 		if (location.hash)
 			history.replaceState(null, '', location.pathname + location.search);
 		show($('detail'), false);

@@ -32,7 +32,7 @@ struct event;
 
 enum Endpoint {
 	EP_LIST, EP_SUBMIT, EP_GET, EP_DELETE, EP_PROGRESS, EP_ITEMS, EP_RESULTS,
-	EP_CANCEL, EP_RETRY, EP_STATUS,
+	EP_CANCEL, EP_RETRY, EP_STATUS, EP_EVENTS,
 };
 
 enum StreamState {
@@ -69,7 +69,7 @@ struct Req {
 	int limit;
 	char cur_ts[32];            /* batches cursor: created_at ... */
 	char cur_id[37];            /* ... and id */
-	char cur_seq[16];           /* items cursor: seq */
+	char cur_seq[24];           /* items cursor: seq; events cursor: event id */
 
 	/* submit */
 	char *route;
@@ -167,6 +167,7 @@ extern const int api_item_ncols;
 
 /* Endpoint handlers, run after authentication and the router's checks. */
 void ep_list(Req *r);
+void ep_events(Req *r);
 void ep_submit(Req *r);
 void ep_get(Req *r);
 void ep_items(Req *r);

@@ -95,6 +95,7 @@ typedef struct Config {
 	int64_t max_body_size;     /* REST request bodies, default 64 MiB */
 	int64_t retention_ms;      /* delete finished batches older; 0: keep (default) */
 	int64_t idempotency_ttl_ms; /* a submit's Idempotency-Key lives this long, default 24h */
+	int max_batch_retries;     /* retries of one batch (POST .../retry), default 10 */
 	int64_t watchdog_db_grace_ms; /* stop watchdog pings after the db is away this long, default 60s */
 	Provider **providers;
 	int nproviders;

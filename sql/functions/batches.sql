@@ -156,16 +156,22 @@ CREATE OR REPLACE TRIGGER items_requeue_cancelled
     WHEN (OLD.status = 'running' AND NEW.status = 'queued')
     EXECUTE FUNCTION batchd.items_requeue_cancelled();
 
--- batchd.retry_batch(tenant, id)
+-- batchd.retry_batch(tenant, id, max_retries)
 --   -> 'ok' | 'not_found' | 'not_terminal' | 'running' | 'nothing_to_retry'
+--      | 'retry_limit'
 --
 -- A finished batch (completed_with_errors, failed, cancelled; or completed,
 -- which has nothing to retry) with no running item: its failed and cancelled
 -- items go back to queued with attempts = 0 and their outcome cleared; the
 -- counters move by the same numbers; the batch becomes processing again with
--- finished_at cleared (started_at keeps the first start); a 'retried' event
--- and a NOTIFY batchd_work wake the claimers.
-CREATE OR REPLACE FUNCTION batchd.retry_batch(p_tenant text, p_id uuid)
+-- finished_at cleared (started_at keeps the first start) and retries + 1; a
+-- 'retried' event (with the retry's number) and a NOTIFY batchd_work wake
+-- the claimers. A batch retried max_retries times already (the REST API
+-- passes max_batch_retries; NULL: no cap) is refused with 'retry_limit'.
+DROP FUNCTION IF EXISTS batchd.retry_batch(text, uuid);
+
+CREATE OR REPLACE FUNCTION batchd.retry_batch(p_tenant text, p_id uuid,
+                                              p_max_retries integer DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
 VOLATILE
@@ -176,8 +182,9 @@ DECLARE
     v_route     text;
     v_failed    int;
     v_cancelled int;
+    v_retries   int;
 BEGIN
-    SELECT b.status, b.route INTO v_status, v_route
+    SELECT b.status, b.route, b.retries INTO v_status, v_route, v_retries
       FROM batchd.batches AS b
      WHERE b.id = p_id AND b.tenant = p_tenant;
     IF NOT FOUND THEN
@@ -189,6 +196,9 @@ BEGIN
     IF EXISTS (SELECT 1 FROM batchd.items AS i
                 WHERE i.batch_id = p_id AND i.status = 'running') THEN
         RETURN 'running';
+    END IF;
+    IF p_max_retries IS NOT NULL AND v_retries >= p_max_retries THEN
+        RETURN 'retry_limit';
     END IF;
 
     -- (1) Items first. FOR UPDATE re-checks the status of rows a concurrent
@@ -220,7 +230,7 @@ BEGIN
     -- (2) Then the batch row. It cannot have changed status meanwhile without
     -- changing the items we now hold, but check rather than assume; the
     -- exception rolls the whole call back.
-    SELECT b.status INTO v_status
+    SELECT b.status, b.retries INTO v_status, v_retries
       FROM batchd.batches AS b
      WHERE b.id = p_id
        FOR NO KEY UPDATE;
@@ -233,20 +243,22 @@ BEGIN
        SET failed = b.failed - v_failed,
            cancelled = b.cancelled - v_cancelled,
            status = 'processing',
-           finished_at = NULL
+           finished_at = NULL,
+           retries = b.retries + 1
      WHERE b.id = p_id;
 
     INSERT INTO batchd.batch_events (batch_id, event, detail)
     VALUES (p_id, 'retried', jsonb_build_object('failed', v_failed, 'cancelled', v_cancelled,
-                                                'previous_status', v_status));
+                                                'previous_status', v_status,
+                                                'retry', v_retries + 1));
 
     PERFORM pg_notify('batchd_work', v_route);
     RETURN 'ok';
 END
 $fn$;
 
-COMMENT ON FUNCTION batchd.retry_batch(text, uuid) IS
-    'Requeue the failed and cancelled items of a finished batch; ok, not_found, not_terminal, running or nothing_to_retry.';
+COMMENT ON FUNCTION batchd.retry_batch(text, uuid, integer) IS
+    'Requeue the failed and cancelled items of a finished batch retried fewer than max_retries times; ok, not_found, not_terminal, running, nothing_to_retry or retry_limit.';
 
 -- batchd.delete_batch(tenant, id) -> 'ok' | 'not_found' | 'not_terminal' | 'running'
 --

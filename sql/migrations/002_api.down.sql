@@ -5,7 +5,9 @@
 -- created. Idempotency keys and tokens are lost.
 
 DROP FUNCTION batchd.delete_batch(text, uuid);
-DROP FUNCTION batchd.retry_batch(text, uuid);
+-- IF EXISTS: from 013 on retry_batch has three arguments, and 013's down
+-- drops it.
+DROP FUNCTION IF EXISTS batchd.retry_batch(text, uuid);
 DROP TRIGGER batches_cancelled_finished ON batchd.batches;
 DROP FUNCTION batchd.batches_cancelled_finished();
 DROP FUNCTION batchd.cancel_batch(text, uuid);

@@ -209,6 +209,12 @@ async function main() {
 	check(sparkPoints && sparkPoints.split(' ').length === 180, 'the sparkline does not have 180 points');
 	const steadyText = await page.locator('#provider-rows tr[data-name="steady"]').innerText();
 	check(/closed/.test(steadyText), `steady provider: ${steadyText}`);
+	// its batch stops moving (every item back in the queue until the breaker
+	// half-opens): stalled, no ETA, once nothing finished for the rate's window
+	await page.waitForFunction((id) => {
+		const r = document.querySelector(`#batch-rows tr[data-id="${id}"]`);
+		return r && r.cells[5].textContent === 'stalled';
+	}, FLAKY_ID, { timeout: 45000 });
 
 	// ------------------------------------------------------------ an error holding HTML
 	step('escaped-error');
@@ -266,6 +272,10 @@ async function main() {
 	}, RUNNING_ID);
 	await page.locator('#detail-facts .badge.st-cancelled').waitFor();
 	check(await page.locator('#act-cancel').isDisabled(), 'cancel stays enabled after cancelling');
+	// the batch's events show the cancel
+	await page.locator('#detail-events li[data-event="cancelled"]').waitFor();
+	const evText = await page.locator('#detail-events').innerText();
+	check(/submitted/.test(evText) && /cancelled/.test(evText), `events of the cancelled batch: ${evText}`);
 
 	// ------------------------------------------------------------ then delete it
 	step('delete');
@@ -287,6 +297,9 @@ async function main() {
 	}, XSS_ID);
 	await page.click('#act-retry');
 	await page.locator('#action-msg').filter({ hasText: 'Failed items queued again.' }).waitFor();
+	// and the retry, with the batch's retry count
+	await page.locator('#detail-events li[data-event="retried"]').waitFor();
+	await page.waitForFunction(() => /Retried\s*once/.test(document.getElementById('detail-facts').textContent));
 
 	// ------------------------------------------------------------ phone width
 	step('phone');

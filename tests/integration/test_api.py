@@ -272,10 +272,12 @@ def test_submit_and_read_every_endpoint(api):
     p = api.a.get(f"/v1/batches/{b['id']}/progress")
     assert p.status == 200, p
     p = p.json()
-    assert set(p) == {"batch_id", "status", "total", "done", "percent", "succeeded", "failed",
-                      "cancelled", "rate_per_s", "eta_s"}
-    assert (p["batch_id"], p["status"], p["total"], p["done"], p["percent"]) == \
-        (b["id"], "completed", 20, 20, 100.0)
+    assert set(p) == {"batch_id", "status", "state", "waiting_behind_priority", "total", "done",
+                      "queued", "running", "percent", "fraction", "succeeded", "failed",
+                      "cancelled", "retries", "rate_per_s", "rate_window_s", "eta_s"}
+    assert (p["batch_id"], p["status"], p["state"], p["total"], p["done"], p["percent"],
+            p["fraction"], p["queued"], p["running"], p["retries"]) == \
+        (b["id"], "completed", "completed", 20, 20, 100.0, 1.0, 0, 0, 0)
     assert p["rate_per_s"] > 0 and p["eta_s"] is None
 
     it = api.a.get(f"/v1/batches/{b['id']}/items?limit=5")
@@ -307,20 +309,28 @@ def test_submit_and_read_every_endpoint(api):
 def test_progress_while_running(blocked):
     b = blocked.a.submit([{"id": i} for i in range(10)])
     p = blocked.a.get(f"/v1/batches/{b['id']}/progress").json()
-    assert (p["status"], p["done"], p["percent"], p["rate_per_s"], p["eta_s"]) == \
-        ("pending", 0, 0.0, 0.0, None)
-    # 4 items finished half a minute ago, batch started a minute ago: rate = 4/60
+    assert (p["status"], p["state"], p["done"], p["percent"], p["rate_per_s"], p["eta_s"]) == \
+        ("pending", "pending", 0, 0.0, 0.0, None)
+    # 4 items finished 5 s ago, batch started a minute ago: rate over the
+    # last 15 s = 4/15
     blocked.conn.execute(
         """UPDATE batchd.batches SET status = 'processing', succeeded = 4,
                   started_at = now() - interval '60 seconds' WHERE id = %s""", (b["id"],))
     blocked.conn.execute(
         """UPDATE batchd.items SET status = 'succeeded',
-                  finished_at = now() - interval '30 seconds'
+                  finished_at = now() - interval '5 seconds'
             WHERE batch_id = %s AND seq < 4""", (b["id"],))
     p = blocked.a.get(f"/v1/batches/{b['id']}/progress").json()
-    assert (p["done"], p["percent"]) == (4, 40.0)
-    assert abs(p["rate_per_s"] - 4 / 60) < 0.01, p
-    assert abs(p["eta_s"] - 6 / (4 / 60)) < 3, p
+    assert (p["state"], p["done"], p["percent"], p["fraction"], p["rate_window_s"]) == \
+        ("running", 4, 40.0, 0.4, 15.0)
+    assert abs(p["rate_per_s"] - 4 / 15) < 0.01, p
+    assert abs(p["eta_s"] - 6 / (4 / 15)) < 1, p
+    # the same 4 finished half a minute ago: nothing moved in the window
+    blocked.conn.execute(
+        """UPDATE batchd.items SET finished_at = now() - interval '30 seconds'
+            WHERE batch_id = %s AND seq < 4""", (b["id"],))
+    p = blocked.a.get(f"/v1/batches/{b['id']}/progress").json()
+    assert (p["state"], p["rate_per_s"], p["eta_s"]) == ("stalled", 0.0, None), p
 
 
 # ------------------------------------------------------------------ tenants and tokens
@@ -465,7 +475,7 @@ def test_items_pagination_walks_each_once(blocked):
     assert [x["seq"] for x in failed["items"]] == list(range(0, 250, 10))
     assert failed["next_cursor"] is None
     assert a.get(f"/v1/batches/{b['id']}/items?status=succeeded").json() == \
-        {"items": [], "next_cursor": None}
+        {"total": 0, "items": [], "next_cursor": None}
 
 
 # ------------------------------------------------------------------ results stream
