@@ -13,6 +13,20 @@
 #define CLAIM_MAX 250
 /* a claim starts from the head of the queue at least this often (ms) */
 #define CLAIM_HEAD_MS 500
+/*
+ * The local queue follows the drain, not the slot count (claim_ahead not
+ * set).  At the measured drain rate R (items claimed per second, over
+ * windows of RATE_WINDOW_US), a claim asks for at least R x CLAIM_SPACING_US
+ * (so at most about 1 / CLAIM_SPACING_US claims a second share the
+ * statements and commits, whatever max_inflight is), and the items held
+ * beyond max_inflight cover that plus two claim round trips at that rate,
+ * so transfers never wait for a claim.  A lease therefore holds unstarted
+ * items for about CLAIM_SPACING_US + 2 round trips of work: a slow or
+ * rate-limited provider holds next to none beyond the configured floor,
+ * and a fleet shares the queue as before; AHEAD_MAX bounds it at any rate.
+ */
+#define CLAIM_SPACING_US 5000
+#define AHEAD_MAX 1000
 
 struct Claimer {
 	Db *db;
@@ -37,6 +51,13 @@ struct Claimer {
 	long long resume_id;
 	int64_t head_claim_us;    /* monotonic start of the last claim from the head */
 	uint64_t claimed;
+	uint64_t statements;      /* claims that returned rows */
+	/* the drain rate and the claim round trip (see CLAIM_SPACING_US) */
+	int claim_ahead;          /* the floor (or the fixed value) */
+	bool ahead_auto;
+	int64_t sent_us;
+	double rtt_us;            /* moving average of the claim's round trip */
+	RateMeter rate;           /* items claimed per second */
 
 	char *routes_param;       /* text[] literals for the claim */
 	char *group_routes_param;
@@ -48,9 +69,40 @@ struct Claimer {
 	struct event *poll_timer;
 };
 
+/* items a claim asks for at least, unless woken or idle */
+static int claim_threshold(const Claimer *c)
+{
+	int t = c->max_inflight / 20, r;
+
+	if (t > 50)
+		t = 50;
+	if (c->ahead_auto) {
+		r = (int)(c->rate.rate * CLAIM_SPACING_US / 1e6);
+		if (r > t)
+			t = r;
+	}
+	if (t > CLAIM_MAX)
+		t = CLAIM_MAX;
+	return t < 1 ? 1 : t;
+}
+
+int claim_ahead(const Claimer *c)
+{
+	double want;
+
+	if (!c->ahead_auto)
+		return c->claim_ahead;
+	/* what arrives in one claim spacing plus two round trips */
+	want = c->rate.rate * (CLAIM_SPACING_US + 2 * c->rtt_us) / 1e6;
+	if (want > AHEAD_MAX)
+		want = AHEAD_MAX;
+	return want > c->claim_ahead ? (int)want : c->claim_ahead;
+}
+
 static void claim_done(PGresult *res, void *arg)
 {
 	Claimer *c = arg;
+	int64_t now = now_monotonic_us();
 	int n;
 
 	c->inflight = false;
@@ -62,6 +114,13 @@ static void claim_done(PGresult *res, void *arg)
 	}
 	n = PQntuples(res);
 	c->claimed += (uint64_t)n;
+	rate_meter_add(&c->rate, (uint64_t)n, now);
+	if (n > 0) {
+		c->statements++;
+		double rtt = (double)(now - c->sent_us);
+
+		c->rtt_us = c->rtt_us > 0 ? 0.8 * c->rtt_us + 0.2 * rtt : rtt;
+	}
 	if (n > 0)
 		log_debug("claimed %d item(s)%s", n, c->resumed ? " (resumed)" : "");
 	/* a full claim means there is probably more; so does a NOTIFY that
@@ -118,15 +177,15 @@ void claim_maybe(Claimer *c)
 
 	if (c->inflight || !c->more_work || !c->h->active(c->harg))
 		return;
-	cap = c->h->capacity(c->harg) - c->landing;
+	rate_meter_rate(&c->rate, now_monotonic_us());
+	cap = c->h->capacity(c->harg);
+	if (cap <= CLAIM_BLOCKED)
+		return;
+	cap += claim_ahead(c) - c->landing;
 	if (cap <= 0)
 		return;
 	/* batch small claims unless woken up or idle */
-	threshold = c->max_inflight / 20;
-	if (threshold > 50)
-		threshold = 50;
-	if (threshold < 1)
-		threshold = 1;
+	threshold = claim_threshold(c);
 	if (cap < threshold && !c->urgent && c->h->held(c->harg) > 0)
 		return;
 	/*
@@ -182,6 +241,7 @@ void claim_maybe(Claimer *c)
 		return;
 	c->resumed = resumed;
 	c->inflight = true;
+	c->sent_us = now_monotonic_us();
 	c->asked = cap;
 	c->asked_wake_seq = c->wake_seq;
 	c->urgent = false;
@@ -229,6 +289,8 @@ void claim_configure(Claimer *c, const Config *cfg)
 	StrBuf r, gr, gc, gi;
 
 	c->max_inflight = cfg->max_inflight;
+	c->claim_ahead = cfg->claim_ahead;
+	c->ahead_auto = cfg->claim_ahead_auto;
 	c->poll_interval_ms = cfg->poll_interval_ms;
 	sb_init(&r);
 	sb_init(&gr);
@@ -319,6 +381,11 @@ bool claim_has_groups(const Claimer *c)
 const char *claim_routes_param(const Claimer *c)
 {
 	return c->routes_param;
+}
+
+uint64_t claim_statements(const Claimer *c)
+{
+	return c->statements;
 }
 
 uint64_t claim_claimed(const Claimer *c)

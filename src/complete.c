@@ -41,6 +41,7 @@ struct Completer {
 	bool isolate;              /* one record at a time until the bad one is found */
 	struct event *timer;
 	int64_t last_flush_us;
+	RateMeter rate;            /* outcomes buffered per second */
 	uint64_t flushes;
 	uint64_t fenced;
 };
@@ -154,6 +155,7 @@ void complete_record(Completer *c, const Job *j, const char *status, long http_s
 	sb_puts(&sb, ts);
 	sb_puts(&sb, "\"}");
 	rec_push(&c->pending, sb_steal(&sb));
+	rate_meter_add(&c->rate, 1, now_monotonic_us());
 	sb_free(&sb);
 }
 
@@ -169,6 +171,7 @@ void complete_requeue(Completer *c, const Job *j, int64_t delay_ms, const char *
 	format_timestamp(now_realtime_us() + delay_ms * 1000, ts, sizeof(ts));
 	sb_printf(&sb, ",\"run_after\":\"%s\"}", ts);
 	rec_push(&c->pending, sb_steal(&sb));
+	rate_meter_add(&c->rate, 1, now_monotonic_us());
 	sb_free(&sb);
 }
 
@@ -181,20 +184,35 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /*
  * Outcomes waiting that start a flush without waiting for flush_interval:
- * flush_size, but at most half of the outcome buffer's bound (max_inflight,
- * see the engine's claim_capacity).  Claims stop when the buffer is full, so
- * a larger threshold would leave them waiting for the flush timer: with
- * max_inflight 256 and flush_size 500, one flush of 256 per 20 ms, at most
- * 12,800 items/s however fast the database.  At half, one half is written
- * while the other fills.
+ * flush_size, but at most half of the outcome buffer's bound (max_inflight
+ * + claim_ahead, see the engine's claim_capacity).  Claims stop when the
+ * buffer is full, so a larger threshold would leave them waiting for the
+ * flush timer: with max_inflight 256 and flush_size 500, one flush of 256
+ * per 20 ms, at most 12,800 items/s however fast the database.  At half,
+ * one half is written while the other fills.
+ *
+ * And at least what arrives in FLUSH_SPACING_US at the current rate: at a
+ * small max_inflight and a fast provider, half of max_inflight is a
+ * statement and a commit per few items (a thousand commits a second at
+ * max_inflight 10); a statement per FLUSH_SPACING_US of outcomes shares
+ * them whatever max_inflight is, for at most that much delay.
  */
+#define FLUSH_SPACING_US 5000
+
 static int flush_threshold(const Completer *c)
 {
-	int half = c->max_inflight / 2;
+	int half = c->max_inflight / 2, t, r;
+	int bound_half = c->h->buffer_bound(c->harg) / 2;
 
 	if (half < 1)
 		half = 1;
-	return c->flush_size < half ? c->flush_size : half;
+	t = c->flush_size < half ? c->flush_size : half;
+	r = (int)(c->rate.rate * FLUSH_SPACING_US / 1e6);
+	if (r > bound_half)
+		r = bound_half;
+	if (r > c->flush_size)
+		r = c->flush_size;
+	return r > t ? r : t;
 }
 
 void complete_flush(Completer *c, bool force)

@@ -999,7 +999,8 @@ static void config_validate(ConfigCtx *ctx)
 		ctx_fail_at(ctx, ctx->batchd_line,
 			    "[batchd] database is required (or set BATCHD_DATABASE)");
 	if (cfg->claim_ahead < 0) {
-		/* enough to cover a claim round trip at full speed, no hoarding */
+		/* the floor; the claimer adds what the drain rate needs (claim.c) */
+		cfg->claim_ahead_auto = true;
 		cfg->claim_ahead = cfg->max_inflight / 10;
 		if (cfg->claim_ahead > 100)
 			cfg->claim_ahead = 100;

@@ -11,7 +11,8 @@
  * Each reports upward through its handler table; the engine is the only
  * module that calls the others.
  *
- * Capacity.  A job holds a slot of max_inflight + claim_ahead from its
+ * Capacity.  A job holds a slot of max_inflight + claim_ahead (claim.c:
+ * the configured value, or one that follows the drain rate) from its
  * claim until its outcome is known (transfer, provider queue, backoff);
  * transfers are capped at max_inflight (dispatch.c), so the claim_ahead
  * items wait in the providers' queues and take a slot the moment a transfer
@@ -233,19 +234,26 @@ static bool claim_active(void *arg)
 }
 
 /*
- * Free capacity for claims: max_inflight + claim_ahead counts the items
- * this process holds before their outcome (transfers, provider queues,
- * backoff).  An outcome waiting to be written no longer holds a slot, but
- * the buffer of such outcomes is bounded too (another max_inflight), so a
- * slow or absent database stops the claims instead of growing memory.
+ * Free capacity for claims: max_inflight + claim_ahead (claim.c adds its
+ * claim_ahead, which follows the drain rate) counts the items this process
+ * holds before their outcome (transfers, provider queues, backoff).  An
+ * outcome waiting to be written no longer holds a slot, but the buffer of
+ * such outcomes is bounded too (as many again), so a slow or absent
+ * database stops the claims instead of growing memory.
  */
+static int outcome_bound(void *arg)
+{
+	Engine *e = arg;
+	return e->cfg->max_inflight + (e->claim ? claim_ahead(e->claim) : e->cfg->claim_ahead);
+}
+
 static int claim_capacity(void *arg)
 {
 	Engine *e = arg;
 
-	if (complete_buffered(e->comp) >= e->cfg->max_inflight)
-		return 0;
-	return e->cfg->max_inflight + e->cfg->claim_ahead - e->njobs;
+	if (complete_buffered(e->comp) >= outcome_bound(e))
+		return CLAIM_BLOCKED;
+	return e->cfg->max_inflight - e->njobs;
 }
 
 static int claim_held(void *arg)
@@ -612,7 +620,7 @@ static const DispatchHandlers dispatch_handlers = {
 static const ClaimHandlers claim_handlers = {
 	claim_active, claim_capacity, claim_held, claim_item, claim_unpacked,
 };
-static const CompleteHandlers complete_handlers = { on_flushed, items_held };
+static const CompleteHandlers complete_handlers = { on_flushed, items_held, outcome_bound };
 static const WorkerHandlers worker_handlers = {
 	on_ready, fail_startup, on_lease_lost, on_shares, on_lease_confirmed,
 	worker_providers, worker_held_ids, worker_transfers, on_deregistered,
@@ -763,6 +771,8 @@ void engine_get_stats(const Engine *e, EngineStats *out)
 {
 	*out = e->st;
 	out->claimed = claim_claimed(e->claim);
+	out->claims = claim_statements(e->claim);
+	out->claim_ahead = claim_ahead(e->claim);
 	out->flushes = complete_flushes(e->comp);
 	out->fenced = complete_fenced(e->comp);
 	out->recovered = janitor_recovered(e->jan);

@@ -238,6 +238,12 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 	sb_printf(sb, "batchd_completions_pending %d\n", st.pending);
 	help(sb, "batchd_claimed_total", "counter", "Items claimed by this process.");
 	sb_printf(sb, "batchd_claimed_total %llu\n", (unsigned long long)st.claimed);
+	help(sb, "batchd_claims_total", "counter",
+	     "Claim statements that returned items (batchd_claimed_total / this: items per claim).");
+	sb_printf(sb, "batchd_claims_total %llu\n", (unsigned long long)st.claims);
+	help(sb, "batchd_claim_ahead", "gauge",
+	     "Items this process may hold beyond max_inflight now (claim_ahead, or what the drain rate needs).");
+	sb_printf(sb, "batchd_claim_ahead %d\n", st.claim_ahead);
 	help(sb, "batchd_items_recovered_total", "counter",
 	     "Items of dead workers requeued or failed by this process's reaper.");
 	sb_printf(sb, "batchd_items_recovered_total %llu\n", (unsigned long long)st.recovered);

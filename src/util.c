@@ -322,6 +322,37 @@ int64_t now_monotonic_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static void rate_meter_roll(RateMeter *m, int64_t now)
+{
+	int64_t dt;
+	double r;
+
+	if (m->t0 == 0) {
+		m->t0 = now;
+		m->n0 = m->n;
+		return;
+	}
+	dt = now - m->t0;
+	if (dt < RATE_WINDOW_US)
+		return;
+	r = (double)(m->n - m->n0) * 1e6 / (double)dt;
+	m->rate = dt >= 4 * RATE_WINDOW_US ? r : 0.5 * m->rate + 0.5 * r;
+	m->t0 = now;
+	m->n0 = m->n;
+}
+
+void rate_meter_add(RateMeter *m, uint64_t k, int64_t now_us)
+{
+	rate_meter_roll(m, now_us);
+	m->n += k;
+}
+
+double rate_meter_rate(RateMeter *m, int64_t now_us)
+{
+	rate_meter_roll(m, now_us);
+	return m->rate;
+}
+
 int64_t now_realtime_us(void)
 {
 	struct timespec ts;

@@ -27,11 +27,15 @@ typedef struct ClaimedItem {
 	int max_attempts;
 } ClaimedItem;
 
+#define CLAIM_BLOCKED (-(1 << 30))
+
 typedef struct ClaimHandlers {
 	/* may we claim at all now (registered, not stopping)? */
 	bool (*active)(void *arg);
-	/* free slots for claimed items (<= 0: none; rows of a claim being
-	 * handed over are taken off by the claimer), and items held now */
+	/* free slots of max_inflight (negative while items beyond it are
+	 * held; the claimer adds its claim_ahead and takes off the rows of a
+	 * claim being handed over; CLAIM_BLOCKED or less: claim nothing now),
+	 * and items held now */
 	int (*capacity)(void *arg);
 	int (*held)(void *arg);
 	/* one claimed row; then done once after the rows of a claim */
@@ -60,5 +64,9 @@ bool claim_has_groups(const Claimer *c);
 /* text[] literal of our routes */
 const char *claim_routes_param(const Claimer *c);
 uint64_t claim_claimed(const Claimer *c);
+uint64_t claim_statements(const Claimer *c);   /* claims that returned rows */
+/* Items held beyond max_inflight now: claim_ahead when it is set, else at
+ * least it and as many as the drain rate needs (claim.c). */
+int claim_ahead(const Claimer *c);
 
 #endif /* BATCHD_CLAIM_H */

@@ -26,6 +26,9 @@ typedef struct CompleteHandlers {
 	/* is an item still held here (in flight, queued, in backoff)?  With
 	 * none, nothing else is coming to share the statement: flush now */
 	bool (*items_held)(void *arg);
+	/* outcomes buffered beyond which claims stop (the engine's
+	 * claim_capacity): a flush starts before half of it waits */
+	int (*buffer_bound)(void *arg);
 } CompleteHandlers;
 
 Completer *complete_new(struct event_base *base, Db *fdb, const char *worker_id,

@@ -84,6 +84,8 @@ typedef struct Config {
 	int max_inflight;          /* transfers at once; default 100, 1..100000 */
 	int claim_ahead;           /* items held beyond max_inflight; default
 	                            * max_inflight / 10, at most 100 */
+	bool claim_ahead_auto;     /* not set: claim_ahead is the floor, and
+	                            * the claimer adds what the drain rate needs */
 	enum LogLevel log_level;   /* default info */
 	enum LogFormat log_format; /* default text */
 	int64_t shutdown_timeout_ms; /* default 30s */

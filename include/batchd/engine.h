@@ -21,6 +21,7 @@
 
 typedef struct EngineStats {
 	uint64_t claimed;
+	uint64_t claims;           /* claim statements that returned rows */
 	uint64_t succeeded;
 	uint64_t failed;
 	uint64_t fenced;
@@ -32,6 +33,7 @@ typedef struct EngineStats {
 	int inflight;              /* transfers running */
 	int held;                  /* items claimed and not yet finished here */
 	int pending;               /* completions not yet recorded */
+	int claim_ahead;           /* items held beyond max_inflight now (claim.c) */
 } EngineStats;
 
 /* What the engine tells its owner (main.c). */

@@ -67,6 +67,22 @@ char *xstrndup(const char *s, size_t n);
 /* Clocks. */
 int64_t now_monotonic_us(void);
 int64_t now_realtime_us(void);
+
+/*
+ * A rate of events per second: a moving average over windows of
+ * RATE_WINDOW_US, halved in weight each window; a gap of four windows or
+ * more with no event replaces it (an idle worker's rate decays without an
+ * event to notice it).
+ */
+#define RATE_WINDOW_US 100000
+typedef struct RateMeter {
+	int64_t t0;      /* start of the current window (0: not started) */
+	uint64_t n;      /* events counted */
+	uint64_t n0;     /* n at t0 */
+	double rate;
+} RateMeter;
+void rate_meter_add(RateMeter *m, uint64_t k, int64_t now_us);
+double rate_meter_rate(RateMeter *m, int64_t now_us);
 /* Format a realtime timestamp (microseconds since epoch) as RFC 3339 UTC
  * with microseconds, e.g. 2026-11-23T01:02:03.123456Z. buf >= 32 bytes. */
 void format_timestamp(int64_t us, char *buf, size_t len);
