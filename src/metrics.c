@@ -246,9 +246,11 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 	     "Time the oldest claimable queued item of a route has been due (from the same "
 	     "query; 0 when none is).");
 	for (int i = 0; i < cfg->nroutes; i++)
-		if (engine_route_stats(e, i)->depth_known)
-			sample1(sb, "batchd_queue_oldest_age_seconds", "route", cfg->routes[i]->name,
-				engine_route_stats(e, i)->oldest_age_s);
+		if (engine_route_stats(e, i)->depth_known) {
+			sb_puts(sb, "batchd_queue_oldest_age_seconds{route=\"");
+			label(sb, cfg->routes[i]->name);
+			sb_printf(sb, "\"} %.3f\n", engine_route_stats(e, i)->oldest_age_s);
+		}
 
 	render_providers(e, sb);
 
