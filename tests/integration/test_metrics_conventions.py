@@ -365,3 +365,24 @@ def test_breaker_in_state_one_hot_and_follows_an_open_breaker(db, conn, mock_fac
                                    pred=lambda dp, a: dp == 5)
     assert age == 0, f"items not due counted in the oldest age: {age}"
     assert breaker_one_hot(f, "a") == "open"
+
+
+def test_route_added_by_reload_has_no_sample_until_the_next_count(db, conn, mock,
+                                                                   batchd_factory):
+    """A route a SIGHUP adds is not known to the last count: it has no queue
+    sample (the old code showed -1) until the next count, which says 0; the
+    routes that stay keep theirs."""
+    d = batchd_factory(db=db, providers={"mock": prov(mock)}, routes={ROUTE: "mock"})
+    wait_for_count(d, ROUTE, "the first count")   # 1 s in; the next one 15 s later
+    with open(d.config_path, "a") as f:
+        f.write("\n[route r2]\nproviders = mock\n")
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in d.log(), 5, desc="reload logged")
+    f = scrape(d)
+    assert one(f, "batchd_queue_depth", route=ROUTE) == 0
+    assert one(f, "batchd_queue_oldest_age_seconds", route=ROUTE) == 0
+    assert values(f, "batchd_queue_depth", route="r2") == {}, f["batchd_queue_depth"]
+    assert values(f, "batchd_queue_oldest_age_seconds", route="r2") == {}
+    assert one(f, "batchd_items_total", route="r2", outcome="succeeded") == 0
+    depth, age, _ = wait_for_count(d, "r2", "r2's first count")
+    assert (depth, age) == (0, 0)
