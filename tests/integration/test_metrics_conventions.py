@@ -19,7 +19,7 @@ through a strict parser of the text format 0.0.4:
 
 The queue figures come from a query every 15 s (the first one 1 s after the
 start), so the tests that watch them wait for those queries: the file takes
-about a minute and a half.
+about a minute.
 """
 
 import math
@@ -27,7 +27,7 @@ import re
 import signal
 import time
 
-from conftest import http_get, submit, wait_batch_done, wait_until
+from conftest import submit, wait_batch_done, wait_until
 
 ROUTE = "r"
 DEPTH_EVERY = 15.0   # janitor.c: the depth query's period
