@@ -431,16 +431,21 @@ static void on_recovered(int requeued, void *arg)
 static void on_depth_begin(void *arg)
 {
 	Engine *e = arg;
-	for (int i = 0; i < e->cfg->nroutes; i++)
+	for (int i = 0; i < e->cfg->nroutes; i++) {
+		e->route_stats[i].depth_known = true;
 		e->route_stats[i].queue_depth = 0;
+		e->route_stats[i].oldest_age_s = 0;
+	}
 }
 
-static void on_depth(const char *route, int64_t n, void *arg)
+static void on_depth(const char *route, int64_t n, double oldest_age_s, void *arg)
 {
 	Engine *e = arg;
 	for (int i = 0; i < e->cfg->nroutes; i++)
-		if (strcmp(e->cfg->routes[i]->name, route) == 0)
+		if (strcmp(e->cfg->routes[i]->name, route) == 0) {
 			e->route_stats[i].queue_depth = n;
+			e->route_stats[i].oldest_age_s = oldest_age_s > 0 ? oldest_age_s : 0;
+		}
 }
 
 /* ------------------------------------------------------------ db handlers */
@@ -629,12 +634,11 @@ static const JanitorHandlers janitor_handlers = {
 	janitor_ready, on_recovered, on_depth_begin, on_depth,
 };
 
+/* Zeroed: the queue figures are unknown (depth_known false) until the
+ * janitor's first count answers. */
 static RouteStats *route_stats_new(const Config *cfg)
 {
-	RouteStats *rs = xcalloc((size_t)cfg->nroutes + 1, sizeof(RouteStats));
-	for (int i = 0; i < cfg->nroutes; i++)
-		rs[i].queue_depth = -1;
-	return rs;
+	return xcalloc((size_t)cfg->nroutes + 1, sizeof(RouteStats));
 }
 
 Engine *engine_new(Batchd *bd, const EngineHandlers *h, void *arg)
@@ -782,9 +786,9 @@ void engine_get_stats(const Engine *e, EngineStats *out)
 	out->pending = complete_buffered(e->comp);
 }
 
-double engine_take_loop_lag(Engine *e)
+void engine_loop_lag(const Engine *e, LoopLag *out)
 {
-	return janitor_take_loop_lag(e->jan);
+	janitor_loop_lag(e->jan, out);
 }
 
 bool engine_healthy(const Engine *e)

@@ -10,6 +10,11 @@
 #include "batchd/timer.h"
 
 #define LAG_TICK_US 250000
+#define LAG_WINDOW_S 60
+
+const double loop_lag_bucket_le[LOOP_LAG_BUCKETS] = {
+	0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1,
+};
 
 struct Janitor {
 	Db *mdb;
@@ -18,6 +23,8 @@ struct Janitor {
 	void *harg;
 	const Config *cfg;
 	char *routes_param;
+	unsigned routes_gen;            /* bumped by janitor_configure */
+	unsigned depth_gen;             /* routes_gen of the count in flight */
 	bool have_groups;
 	bool stopped;
 	struct event *reaper_timer;
@@ -25,7 +32,8 @@ struct Janitor {
 	struct event *retention_timer;
 	struct event *lag_timer;
 	int64_t lag_expected_us;
-	double lag_max_s;
+	LoopLag lag;                    /* histogram; never reset */
+	struct { int64_t sec; double max_s; } lag_win[LAG_WINDOW_S];  /* per second */
 	uint64_t recovered;
 	uint64_t purged;
 };
@@ -93,13 +101,25 @@ static void depth_done(PGresult *res, void *arg)
 	Janitor *j = arg;
 	if (!res || !db_result_ok(res))
 		return;
+	/* sent before a reload: it may lack new routes, which it would report
+	 * as empty; the next count comes in 15 s */
+	if (j->depth_gen != j->routes_gen)
+		return;
 	j->h->depth_begin(j->harg);
 	for (int r = 0; r < PQntuples(res); r++)
-		j->h->depth(PQgetvalue(res, r, 0), strtoll(PQgetvalue(res, r, 1), NULL, 10), j->harg);
+		j->h->depth(PQgetvalue(res, r, 0), strtoll(PQgetvalue(res, r, 1), NULL, 10),
+			    strtod(PQgetvalue(res, r, 2), NULL), j->harg);
 }
 
-/* Queue depth per route for the metrics: one cheap count on the claim
- * index every 15 s. */
+/*
+ * Queue depth and the age of the oldest claimable item per route, for the
+ * metrics: one statement every 15 s, an index-only scan of the queued
+ * items of our routes (items_group_claim_idx: its route key is COLLATE "C",
+ * so the route test is written with that collation to be an index condition
+ * rather than a filter over every queued item; equality is the same).  The
+ * age counts from run_after: an item deferred or backing off counts from
+ * when it became due again, the way the claim sees it.
+ */
 static void depth_cb(evutil_socket_t fd, short what, void *arg)
 {
 	Janitor *j = arg;
@@ -109,8 +129,11 @@ static void depth_cb(evutil_socket_t fd, short what, void *arg)
 	if (!j->h->ready(j->harg) || !db_is_ready(j->mdb))
 		return;
 	params[0] = j->routes_param;
-	if (db_query(j->mdb, "SELECT route, count(*) FROM batchd.items WHERE status = 'queued' "
-		     "AND route = ANY ($1::text[]) GROUP BY route", 1, params, depth_done, j) < 0)
+	j->depth_gen = j->routes_gen;
+	if (db_query(j->mdb, "SELECT route, count(*), coalesce(extract(epoch FROM now() - "
+		     "min(run_after) FILTER (WHERE run_after <= now())), 0) FROM batchd.items "
+		     "WHERE status = 'queued' AND route COLLATE \"C\" = ANY ($1::text[]) "
+		     "GROUP BY route", 1, params, depth_done, j) < 0)
 		return;
 }
 
@@ -164,26 +187,48 @@ static void retention_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---------------------------------------------------------------- loop lag */
 
-/* A 250 ms timer that notes how late it fires: the loop's lag. */
+/*
+ * A 250 ms timer that notes how late it fires: the loop's lag.  Every tick
+ * goes into a histogram (cumulative, never reset: rates and quantiles come
+ * from Prometheus) and into a per-second maximum for the last 60 s, so the
+ * largest lag of the last minute does not depend on who scraped when.
+ */
 static void lag_cb(evutil_socket_t fd, short what, void *arg)
 {
 	Janitor *j = arg;
 	int64_t now = now_monotonic_us();
 	double lag = (double)(now - j->lag_expected_us) / 1e6;
+	int64_t sec = now / 1000000;
+	int slot = (int)(sec % LAG_WINDOW_S);
 
-	if (lag > j->lag_max_s)
-		j->lag_max_s = lag;
+	if (lag < 0)
+		lag = 0;
+	j->lag.count++;
+	j->lag.sum += lag;
+	for (int b = 0; b < LOOP_LAG_BUCKETS; b++)
+		if (lag <= loop_lag_bucket_le[b])
+			j->lag.buckets[b]++;
+	if (j->lag_win[slot].sec != sec) {
+		j->lag_win[slot].sec = sec;
+		j->lag_win[slot].max_s = 0;
+	}
+	if (lag > j->lag_win[slot].max_s)
+		j->lag_win[slot].max_s = lag;
 	if (lag > 1.0)
 		log_warn("event loop lagged %.3f s", lag);
 	j->lag_expected_us = now + LAG_TICK_US;
 	timer_arm_us(j->lag_timer, LAG_TICK_US);
 }
 
-double janitor_take_loop_lag(Janitor *j)
+void janitor_loop_lag(const Janitor *j, LoopLag *out)
 {
-	double v = j->lag_max_s;
-	j->lag_max_s = 0;
-	return v < 0 ? 0 : v;
+	int64_t sec = now_monotonic_us() / 1000000;
+
+	*out = j->lag;
+	out->max_s = 0;
+	for (int i = 0; i < LAG_WINDOW_S; i++)
+		if (sec - j->lag_win[i].sec < LAG_WINDOW_S && j->lag_win[i].max_s > out->max_s)
+			out->max_s = j->lag_win[i].max_s;
 }
 
 /* ------------------------------------------------------------------ public */
@@ -221,6 +266,7 @@ void janitor_configure(Janitor *j, const Config *cfg, const char *routes, bool g
 	j->cfg = cfg;
 	free(j->routes_param);
 	j->routes_param = xstrdup(routes);
+	j->routes_gen++;
 	j->have_groups = groups;
 }
 

@@ -2,9 +2,12 @@
  * metrics.c - render every counter batchd keeps as Prometheus text.
  *
  * Nothing here touches the database: the figures are counters the loop
- * keeps anyway, plus the queue depth from the engine's periodic query, plus
- * process figures from /proc.  Names carry their unit (_seconds, _bytes,
- * _total) and the batchd_ prefix.
+ * keeps anyway, plus the queue depth and oldest age from the janitor's
+ * periodic query, plus process figures from /proc.  Names carry their unit
+ * (_seconds, _bytes, _total) and the batchd_ prefix; every family has its
+ * HELP and TYPE.  Two rules: a figure not known yet has no sample (never a
+ * -1), and reading the page changes nothing (no value is reset by a scrape:
+ * the loop lag is a histogram plus a maximum over a fixed 60 s window).
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -125,6 +128,15 @@ static void render_providers(Engine *e, StrBuf *sb)
 	for (int i = 0; i < np; i++)
 		sample1(sb, "batchd_breaker_state", "provider", engine_provider(e, i)->name,
 			(double)engine_provider(e, i)->br.state);
+	help(sb, "batchd_breaker_in_state", "gauge",
+	     "1 for the circuit breaker state a provider is in, 0 for the other two.");
+	for (int i = 0; i < np; i++) {
+		static const enum BreakerState states[3] = { BR_CLOSED, BR_OPEN, BR_HALF_OPEN };
+		for (int s = 0; s < 3; s++)
+			sample2(sb, "batchd_breaker_in_state", "provider", engine_provider(e, i)->name,
+				"state", br_state_name(states[s]),
+				engine_provider(e, i)->br.state == states[s] ? 1 : 0);
+	}
 	help(sb, "batchd_breaker_transitions_total", "counter",
 	     "Circuit breaker transitions, by the state entered.");
 	for (int i = 0; i < np; i++) {
@@ -203,6 +215,7 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 	Engine *e = bd->engine;
 	const Config *cfg = engine_config(e);
 	EngineStats st;
+	int nfds;
 	static const char *const outcomes[4] = { "succeeded", "failed", "deferred", "cancelled" };
 
 	engine_get_stats(e, &st);
@@ -221,11 +234,23 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 			sample2(sb, "batchd_items_total", "route", cfg->routes[i]->name,
 				"outcome", outcomes[k], (double)v[k]);
 	}
+	/* both from the janitor's count every 15 s; a route has no sample until
+	 * the first count after the start (or after a reload added it) */
 	help(sb, "batchd_queue_depth", "gauge",
-	     "Items queued per route (from a periodic query; -1 before the first).");
+	     "Items queued per route, due or not (from a query every 15 s).");
 	for (int i = 0; i < cfg->nroutes; i++)
-		sample1(sb, "batchd_queue_depth", "route", cfg->routes[i]->name,
-			(double)engine_route_stats(e, i)->queue_depth);
+		if (engine_route_stats(e, i)->depth_known)
+			sample1(sb, "batchd_queue_depth", "route", cfg->routes[i]->name,
+				(double)engine_route_stats(e, i)->queue_depth);
+	help(sb, "batchd_queue_oldest_age_seconds", "gauge",
+	     "Time the oldest claimable queued item of a route has been due (from the same "
+	     "query; 0 when none is).");
+	for (int i = 0; i < cfg->nroutes; i++)
+		if (engine_route_stats(e, i)->depth_known) {
+			sb_puts(sb, "batchd_queue_oldest_age_seconds{route=\"");
+			label(sb, cfg->routes[i]->name);
+			sb_printf(sb, "\"} %.3f\n", engine_route_stats(e, i)->oldest_age_s);
+		}
 
 	render_providers(e, sb);
 
@@ -269,14 +294,28 @@ void metrics_render(Batchd *bd, StrBuf *sb)
 		sb_printf(sb, "batchd_db_query_duration_seconds_count %llu\n",
 			  (unsigned long long)lat.count);
 	}
-	help(sb, "batchd_loop_lag_seconds", "gauge",
-	     "Largest lateness of a 250 ms loop timer since the last scrape.");
-	sb_printf(sb, "batchd_loop_lag_seconds %.6f\n", engine_take_loop_lag(e));
+	{
+		LoopLag lag;
+		engine_loop_lag(e, &lag);
+		help(sb, "batchd_loop_lag_seconds", "histogram",
+		     "Lateness of each tick of a 250 ms loop timer.");
+		for (int b = 0; b < LOOP_LAG_BUCKETS; b++)
+			sb_printf(sb, "batchd_loop_lag_seconds_bucket{le=\"%g\"} %llu\n",
+				  loop_lag_bucket_le[b], (unsigned long long)lag.buckets[b]);
+		sb_printf(sb, "batchd_loop_lag_seconds_bucket{le=\"+Inf\"} %llu\n",
+			  (unsigned long long)lag.count);
+		sb_printf(sb, "batchd_loop_lag_seconds_sum %.9f\n", lag.sum);
+		sb_printf(sb, "batchd_loop_lag_seconds_count %llu\n", (unsigned long long)lag.count);
+		help(sb, "batchd_loop_lag_max_seconds", "gauge",
+		     "Largest lateness of a 250 ms loop timer in the last 60 s.");
+		sb_printf(sb, "batchd_loop_lag_max_seconds %.6f\n", lag.max_s);
+	}
 
 	help(sb, "batchd_process_resident_memory_bytes", "gauge", "Resident set size.");
 	sb_printf(sb, "batchd_process_resident_memory_bytes %ld\n", proc_rss_bytes());
 	help(sb, "batchd_process_open_fds", "gauge", "Open file descriptors.");
-	sb_printf(sb, "batchd_process_open_fds %d\n", proc_open_fds());
+	if ((nfds = proc_open_fds()) >= 0)   /* no sample when /proc cannot tell */
+		sb_printf(sb, "batchd_process_open_fds %d\n", nfds);
 	help(sb, "batchd_process_cpu_seconds_total", "counter", "User and system CPU time.");
 	sb_printf(sb, "batchd_process_cpu_seconds_total %.2f\n", proc_cpu_seconds());
 	help(sb, "batchd_process_start_time_seconds", "gauge", "Start time, seconds since the epoch.");

@@ -18,6 +18,7 @@
 
 #include "batchd/batchd.h"
 #include "batchd/db.h"
+#include "batchd/janitor.h"
 
 typedef struct EngineStats {
 	uint64_t claimed;
@@ -47,7 +48,9 @@ typedef struct RouteStats {
 	uint64_t failed;
 	uint64_t deferred;
 	uint64_t cancelled;
-	int64_t queue_depth;       /* queued items, periodic query; -1 unknown */
+	bool depth_known;          /* the periodic query has answered for this route */
+	int64_t queue_depth;       /* queued items, periodic query */
+	double oldest_age_s;       /* age of the oldest claimable queued item, same query */
 } RouteStats;
 
 typedef struct ProvState ProvState;
@@ -65,8 +68,8 @@ bool engine_is_ready(const Engine *e);
 bool engine_db_up(const Engine *e);
 const char *engine_db_error(const Engine *e);
 void engine_get_stats(const Engine *e, EngineStats *out);
-/* Largest loop lag seen since the last call, seconds. */
-double engine_take_loop_lag(Engine *e);
+/* The loop-lag probe's histogram and last-minute maximum (janitor.h). */
+void engine_loop_lag(const Engine *e, LoopLag *out);
 /* Healthy for the systemd watchdog: database away no longer than the grace. */
 bool engine_healthy(const Engine *e);
 int engine_breakers_open(const Engine *e);

@@ -22,10 +22,23 @@ typedef struct JanitorHandlers {
 	bool (*ready)(void *arg);
 	/* dead workers' items were requeued: claim them */
 	void (*recovered)(int requeued, void *arg);
-	/* queued items of one route (a fresh count: routes not named have 0) */
+	/* queued items of one route and the age of its oldest claimable one,
+	 * seconds (a fresh count: routes not named have 0 of both) */
 	void (*depth_begin)(void *arg);
-	void (*depth)(const char *route, int64_t n, void *arg);
+	void (*depth)(const char *route, int64_t n, double oldest_age_s, void *arg);
 } JanitorHandlers;
+
+/* The loop-lag probe's figures: a histogram of every tick's lateness
+ * (buckets cumulative, le = loop_lag_bucket_le[b]; never reset) and the
+ * largest lateness of the last 60 s. */
+#define LOOP_LAG_BUCKETS 7
+extern const double loop_lag_bucket_le[LOOP_LAG_BUCKETS];
+typedef struct LoopLag {
+	uint64_t buckets[LOOP_LAG_BUCKETS];
+	uint64_t count;
+	double sum;
+	double max_s;
+} LoopLag;
 
 Janitor *janitor_new(struct event_base *base, Db *mdb, const char *worker_id,
 		     const JanitorHandlers *h, void *arg);
@@ -37,8 +50,7 @@ void janitor_start(Janitor *j);
 /* Stopping: no more reaping, counting or deleting (the lag probe goes on). */
 void janitor_stop(Janitor *j);
 
-/* Largest loop lag seen since the last call, seconds. */
-double janitor_take_loop_lag(Janitor *j);
+void janitor_loop_lag(const Janitor *j, LoopLag *out);
 uint64_t janitor_recovered(const Janitor *j);  /* items requeued or failed by us */
 uint64_t janitor_purged(const Janitor *j);     /* batches deleted by retention */
 

@@ -298,16 +298,24 @@ def test_metrics_pass_promtool_mid_batch(db, conn, mock, batchd_factory, tmp_pat
                  "batchd_breaker_transitions_total", "batchd_ratelimit_wait_seconds_total",
                  "batchd_inflight", "batchd_claimed_total", "batchd_items_recovered_total",
                  "batchd_completions_fenced_total", "batchd_db_up",
-                 "batchd_db_query_duration_seconds_bucket", "batchd_loop_lag_seconds",
-                 "batchd_queue_depth", "batchd_process_resident_memory_bytes",
+                 "batchd_db_query_duration_seconds_bucket", "batchd_loop_lag_seconds_bucket",
+                 "batchd_loop_lag_max_seconds", "batchd_breaker_in_state",
+                 "batchd_process_resident_memory_bytes",
                  "batchd_process_open_fds", "batchd_process_start_time_seconds"):
         assert f"\n{name}" in text, name
     assert 'batchd_provider_requests_total{provider="mock",code="200"}' in text
     assert "batchd_db_up 1" in text
     wait_batch_done(conn, bid)
+    # the queue figures have no sample before the janitor's first count (1 s in)
+    wait_until(lambda: b"\nbatchd_queue_depth{" in http_get(
+        f"http://127.0.0.1:{d.port}/metrics")[1], 20, desc="the first queue count")
     _, body = http_get(f"http://127.0.0.1:{d.port}/metrics")
     text = body.decode() if isinstance(body, bytes) else body
+    p = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, (p.stdout + p.stderr).decode() + "\n" + text[:3000]
     assert 'batchd_items_total{route="r",outcome="succeeded"} 600' in text
+    assert "\nbatchd_queue_depth{" in text and "\nbatchd_queue_oldest_age_seconds{" in text
 
 
 def test_json_logs_and_no_secret(db, conn, mock, batchd_factory):
