@@ -842,7 +842,7 @@ COMMENT ON FUNCTION batchd.claim_items(p_worker uuid, p_routes text[], p_limit i
 CREATE FUNCTION batchd.complete_items(p_worker uuid, p_items jsonb) RETURNS TABLE(applied integer, fenced integer)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'batchd'
-    SET plan_cache_mode TO 'force_custom_plan'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 #variable_conflict use_column
 DECLARE
@@ -932,9 +932,11 @@ BEGIN
 
     -- (1a) Lock the items this call may change: running under this worker, in id
     -- order, by primary key (the id list is a constant to the planner:
-    -- force_custom_plan). Their group_slot, read under the lock, is current.
+    -- force_custom_plan, for this statement only). Their group_slot, read
+    -- under the lock, is current.
     v_ids := ARRAY(SELECT (e.v ->> 'id')::bigint
                      FROM jsonb_array_elements(p_items) AS e(v));
+    PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
     SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.group_slot)
       INTO v_locked, v_slot_ids
       FROM (SELECT i.id, i.group_slot
@@ -944,6 +946,7 @@ BEGIN
                AND i.worker_id = p_worker
              ORDER BY i.id
                FOR UPDATE) AS s;
+    PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
     IF v_locked IS NULL THEN
         RETURN QUERY SELECT 0, v_total;
         RETURN;
@@ -1015,9 +1018,7 @@ BEGIN
                    group_slot  = false
               FROM input AS x
              WHERE i.id = x.id
-               AND i.id = ANY (v_locked)
-               AND i.status = 'running'
-               AND i.worker_id = p_worker
+               AND i.id = ANY (v_locked)   -- running under p_worker, locked (1a)
             RETURNING i.batch_id, i.status, i.route, i.group_key,
                       i.id = ANY (v_slot_ids) AS had_slot
         ), slots AS (
@@ -1079,9 +1080,7 @@ BEGIN
                    group_slot  = false
               FROM input AS x
              WHERE i.id = x.id
-               AND i.id = ANY (v_locked)
-               AND i.status = 'running'
-               AND i.worker_id = p_worker
+               AND i.id = ANY (v_locked)   -- running under p_worker, locked (1a)
             RETURNING i.id, i.batch_id, i.status, i.route, i.group_key,
                       i.id = ANY (v_slot_ids) AS had_slot
         ), slots AS (
@@ -1107,6 +1106,10 @@ BEGIN
         -- item rows (locked since (1a)) are read as just recorded.
         IF v_hook_ids IS NOT NULL THEN
             v_user_path := batchd.session_search_path();
+            -- hooks plan as the session would, not as this function does
+            PERFORM pg_catalog.set_config('plan_cache_mode',
+                                          (SELECT st.reset_val FROM pg_catalog.pg_settings AS st
+                                            WHERE st.name = 'plan_cache_mode'), true);
             FOR v_item IN SELECT i.* FROM batchd.items AS i
                            WHERE i.id = ANY (v_hook_ids)
                            ORDER BY i.id LOOP
@@ -1146,6 +1149,7 @@ BEGIN
                     END IF;
                 END;
             END LOOP;
+            PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
         END IF;
 
         -- Per-batch deltas from the recorded items' statuses as they are now

@@ -41,7 +41,8 @@ all on 127.0.0.1, and prints ONE table on stdout (progress goes to stderr):
       it reaped), per item.
   B9  B1's drain (latency 0) at max_inflight 10, 50, 200 and 1000, each over
       b9_items items: items/s against min(C1, C2), with the DB and batchd CPU
-      per item; the DB's beside C1's own.
+      per item; the DB's beside C1's own, and the WAL bytes per item
+      (pg_current_wal_lsn before and after the drain) in the note.
 
 The columns "DB us/item" and "batchd us/item" give, beside each throughput,
 the CPU per item of the whole cluster and of batchd during that drain.
@@ -715,6 +716,17 @@ class Bench:
                     return p
                 time.sleep(interval)
 
+    def wal_lsn(self, db):
+        with self.pg.connect(db) as c:
+            return c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+
+    def wal_since(self, db, lsn):
+        """WAL bytes written by the whole cluster since lsn (the drain's own,
+        while it is the only thing running)."""
+        with self.pg.connect(db) as c:
+            return float(c.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)",
+                                   (lsn,)).fetchone()[0])
+
     def batch_span(self, db):
         """(seconds from the first claim to the last completion, items finished)."""
         with self.pg.connect(db) as c:
@@ -924,12 +936,14 @@ UPDATE c1.items AS i
             self.mock.reset()
             self.submit_all(db, n, chunk, f"b9-{mi}-", self.sz["submit_cap"])
             self.prepare_drain(db)
+            wal0 = self.wal_lsn(db)
             pg0 = self.pg.cpu_s()
             bd = self.batchd(db, f"b9-{mi}", batchd_keys={"max_inflight": mi})
             bd.wait_ready()
             p = self.drain(db, bd, self.cap(self.sz["b9_cap"]))
             bd_cpu = proc_cpu_s(bd.pid) or 0.0
             pg1 = self.pg.cpu_s()
+            wal_bytes = self.wal_since(db, wal0)
             bd.stop()
             span, done = self.batch_span(db)
             self.drop_db(db)
@@ -943,11 +957,13 @@ UPDATE c1.items AS i
             note = f"{done:,} items"
             if c1_us:
                 note += f"; DB/item {db_us / c1_us:.2f}x C1's"
+            note += f"; WAL {wal_bytes / done:,.0f} B/item"
             if p.get("timed_out"):
                 note += f"; CAPPED at {self.cap(self.sz['b9_cap']):.0f}s"
             self.details["B9"][str(mi)] = dict(items=done, seconds=span, items_per_s=rate,
                                                ratio=ratio, db_us_per_item=db_us,
-                                               batchd_us_per_item=bd_us)
+                                               batchd_us_per_item=bd_us,
+                                               wal_bytes_per_item=wal_bytes / done)
             self.row(rid, f"throughput, latency 0, max_inflight {mi}", rate, "items/s", ceil,
                      "min(C1,C2)", ratio, ">= 0.50", ratio is not None and ratio >= 0.50, note,
                      db_us=db_us, bd_us=bd_us)
