@@ -1774,10 +1774,8 @@ BEGIN
         v_job_opts := v_job_opts || jsonb_build_object('name', left(TG_TABLE_NAME || ' ' || v_rowkey, 200));
     END IF;
 
-    v_id := batchd.submit_job(v_tenant, TG_ARGV[0], v_job, v_job_opts);
-    UPDATE batchd.batches AS b
-       SET source = format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), source_key = v_rowkey
-     WHERE b.id = v_id;
+    v_id := batchd.submit_job(v_tenant, TG_ARGV[0], v_job, v_job_opts,
+                              format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), v_rowkey);
     IF v_batchcol IS NOT NULL THEN
         EXECUTE format('UPDATE %I.%I SET %I = $1 WHERE %I = ($2).%I',
                        TG_TABLE_SCHEMA, TG_TABLE_NAME, v_batchcol, v_keycol, v_keycol)
@@ -2718,10 +2716,10 @@ $_$;
 COMMENT ON FUNCTION batchd.submit_batch(p_tenant text, p_route text, p_items jsonb, p_options jsonb) IS 'Validate and store a batch with its items; returns the batch id. Bad input raises SQLSTATE 22023 and stores nothing.';
 
 --
--- Name: submit_job(text, text, jsonb, jsonb); Type: FUNCTION; Schema: batchd; Owner: -
+-- Name: submit_job(text, text, jsonb, jsonb, text, text); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
-CREATE FUNCTION batchd.submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb DEFAULT '{}'::jsonb) RETURNS uuid
+CREATE FUNCTION batchd.submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb DEFAULT '{}'::jsonb, p_source text DEFAULT NULL::text, p_source_key text DEFAULT NULL::text) RETURNS uuid
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'batchd'
     AS $$
@@ -2746,6 +2744,10 @@ BEGIN
     END IF;
     IF jsonb_typeof(p_options) <> 'object' THEN
         RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (p_source IS NULL) <> (p_source_key IS NULL) OR p_source = '' THEN
+        RAISE EXCEPTION 'source and source_key go together: the table (schema.table) and the row''s key'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
@@ -2799,17 +2801,18 @@ BEGIN
     v_id := batchd.submit_batch(p_tenant, p_route, v_items, v_batch_opts);
     -- the new batch row is ours alone until commit
     UPDATE batchd.batches AS b
-       SET job = p_job, job_group = v_group, on_done = v_on_done
+       SET job = p_job, job_group = v_group, on_done = v_on_done,
+           source = p_source, source_key = p_source_key
      WHERE b.id = v_id;
     RETURN v_id;
 END
 $$;
 
 --
--- Name: FUNCTION submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb); Type: COMMENT; Schema: batchd; Owner: -
+-- Name: FUNCTION submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb, p_source text, p_source_key text); Type: COMMENT; Schema: batchd; Owner: -
 --
 
-COMMENT ON FUNCTION batchd.submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb) IS 'Submit one job: its list fields fanned out into items (batchd.fanout), one batch that keeps the job, its group field and its on_done; bad input raises 22023.';
+COMMENT ON FUNCTION batchd.submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb, p_source text, p_source_key text) IS 'Submit one job: its list fields fanned out into items (batchd.fanout), one batch that keeps the job, its group field, its on_done and the row it stands for; bad input raises 22023.';
 
 --
 -- Name: sync_routes(jsonb); Type: FUNCTION; Schema: batchd; Owner: -

@@ -120,11 +120,14 @@ $fn$;
 COMMENT ON FUNCTION batchd.fanout(jsonb, jsonb, integer) IS
     'Expand a job''s list fields into the cross product of items (JSON array); more than max_items raises 22023.';
 
--- batchd.submit_job(tenant, route, job, options) -> batch id
+-- batchd.submit_job(tenant, route, job, options, source, source_key) -> batch id
 --
 -- One job, one batch: batchd.fanout(job, options.fanout, options.max_items),
 -- submitted with batchd.submit_batch(); the batch row keeps the job (job),
--- its group field (job_group) and its callback (on_done).
+-- its group field (job_group), its callback (on_done) and, when given, the
+-- row it stands for (source: the table, as "schema.table"; source_key: the
+-- row's key as text; both or neither), as batchd.intake() records it -- so
+-- rows that were there before the intake trigger can be submitted alike.
 -- options: JSON object, every key optional (JSON null: not given):
 --   fanout      array of list fields to expand, in order (default: every
 --               field holding a JSON array, in name order; [] for none)
@@ -138,7 +141,9 @@ COMMENT ON FUNCTION batchd.fanout(jsonb, jsonb, integer) IS
 --   name, priority, max_attempts, metadata, group_key: submit_batch's
 -- Bad input raises SQLSTATE 22023 naming the field; nothing is inserted.
 CREATE OR REPLACE FUNCTION batchd.submit_job(p_tenant text, p_route text, p_job jsonb,
-                                             p_options jsonb DEFAULT '{}')
+                                             p_options jsonb DEFAULT '{}',
+                                             p_source text DEFAULT NULL,
+                                             p_source_key text DEFAULT NULL)
 RETURNS uuid
 LANGUAGE plpgsql
 VOLATILE
@@ -165,6 +170,10 @@ BEGIN
     END IF;
     IF jsonb_typeof(p_options) <> 'object' THEN
         RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (p_source IS NULL) <> (p_source_key IS NULL) OR p_source = '' THEN
+        RAISE EXCEPTION 'source and source_key go together: the table (schema.table) and the row''s key'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
@@ -218,14 +227,15 @@ BEGIN
     v_id := batchd.submit_batch(p_tenant, p_route, v_items, v_batch_opts);
     -- the new batch row is ours alone until commit
     UPDATE batchd.batches AS b
-       SET job = p_job, job_group = v_group, on_done = v_on_done
+       SET job = p_job, job_group = v_group, on_done = v_on_done,
+           source = p_source, source_key = p_source_key
      WHERE b.id = v_id;
     RETURN v_id;
 END
 $fn$;
 
-COMMENT ON FUNCTION batchd.submit_job(text, text, jsonb, jsonb) IS
-    'Submit one job: its list fields fanned out into items (batchd.fanout), one batch that keeps the job, its group field and its on_done; bad input raises 22023.';
+COMMENT ON FUNCTION batchd.submit_job(text, text, jsonb, jsonb, text, text) IS
+    'Submit one job: its list fields fanned out into items (batchd.fanout), one batch that keeps the job, its group field, its on_done and the row it stands for; bad input raises 22023.';
 
 -- batchd.job_summary_of(batch row) -> jsonb
 --
@@ -414,8 +424,10 @@ COMMENT ON FUNCTION batchd.intake_job(text, text, anyelement) IS
 --
 -- options (a JSON object, the trigger's second argument):
 --   tenant        required: the batches' tenant
---   key           the row's key column (default: the table's single-column
---                 primary key); its value, as text, is batches.source_key
+--   key           the row's key column, a unique one (default: the table's
+--                 single-column primary key); its value, as text, is
+--                 batches.source_key, and batch_column's UPDATE finds the
+--                 row by it
 --   columns       array of column names: the job is those columns of the row
 --                 (default: every column, as to_jsonb(row) gives them)
 --   job           instead of columns: schema.function(row <table>) RETURNS
@@ -573,10 +585,8 @@ BEGIN
         v_job_opts := v_job_opts || jsonb_build_object('name', left(TG_TABLE_NAME || ' ' || v_rowkey, 200));
     END IF;
 
-    v_id := batchd.submit_job(v_tenant, TG_ARGV[0], v_job, v_job_opts);
-    UPDATE batchd.batches AS b
-       SET source = format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), source_key = v_rowkey
-     WHERE b.id = v_id;
+    v_id := batchd.submit_job(v_tenant, TG_ARGV[0], v_job, v_job_opts,
+                              format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), v_rowkey);
     IF v_batchcol IS NOT NULL THEN
         EXECUTE format('UPDATE %I.%I SET %I = $1 WHERE %I = ($2).%I',
                        TG_TABLE_SCHEMA, TG_TABLE_NAME, v_batchcol, v_keycol, v_keycol)

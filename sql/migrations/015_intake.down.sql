@@ -10,7 +10,7 @@ DROP FUNCTION IF EXISTS batchd.batches_job_summary();
 DROP FUNCTION IF EXISTS batchd.batches_job_on_done();
 DROP FUNCTION IF EXISTS batchd.intake();
 DROP FUNCTION IF EXISTS batchd.intake_job(text, text, anyelement);
-DROP FUNCTION IF EXISTS batchd.submit_job(text, text, jsonb, jsonb);
+DROP FUNCTION IF EXISTS batchd.submit_job(text, text, jsonb, jsonb, text, text);
 DROP FUNCTION IF EXISTS batchd.job_summary(uuid);
 DROP FUNCTION IF EXISTS batchd.job_summary_of(batchd.batches);
 DROP FUNCTION IF EXISTS batchd.fanout(jsonb, jsonb, integer);

@@ -543,3 +543,44 @@ def test_plain_batches_are_untouched(conn):
     assert one(conn, "SELECT batchd.job_summary(%s) AS s", bid)["s"] == {
         "total": 1, "succeeded": 0, "failed": 0, "cancelled": 1, "unfinished": 0}
     assert one(conn, "SELECT batchd.job_summary(gen_random_uuid()) AS s")["s"] is None
+
+
+def test_backfill_with_submit_job_and_callback_order(app):
+    """Rows from before the trigger: submit_job() with the row's source and
+    key, as the intake records them. At the end the job's on_done runs
+    before the route's on_batch_done, and both see the summary."""
+    conn = app
+    conn.execute("ALTER TABLE app.quote_jobs DISABLE TRIGGER quote_jobs_intake")
+    jid = insert_job(conn, "Old GmbH", ["A", "B"], [24], [1, 2])
+    conn.execute("ALTER TABLE app.quote_jobs ENABLE TRIGGER quote_jobs_intake")
+    assert count_batches(conn) == 0
+    conn.execute("""
+        CREATE TABLE app.route_done (batch_id uuid, had_summary boolean, row_done int);
+        CREATE FUNCTION app.route_done(b batchd.batches) RETURNS void
+        LANGUAGE sql SET search_path = app, pg_catalog AS $$
+            INSERT INTO route_done
+            SELECT b.id, b.summary IS NOT NULL, done_calls FROM quote_jobs
+             WHERE id = b.source_key::int $$;
+        SELECT batchd.sync_routes('[{"name": "quotes", "on_batch_done": "app.route_done"}]');
+    """)
+    bid = one(conn, "SELECT batchd.submit_job('dealer', 'quotes', app.job_of(j), "
+                    "'{\"fanout\": [\"vehicle\", \"term\", \"mileage\"], \"group\": \"vehicle\", "
+                    "\"on_done\": \"app.job_done\"}', 'app.quote_jobs', j.id::text) AS id "
+                    "FROM app.quote_jobs AS j WHERE j.batch_id IS NULL")["id"]
+    b = batch(conn, bid)
+    assert (b["source"], b["source_key"], b["total"]) == ("app.quote_jobs", str(jid), 4)
+    assert one(conn, "SELECT batchd.cancel_batch('dealer', %s) AS r", bid)["r"] == "ok"
+    row = job_row(conn, jid)
+    assert (row["status"], row["cancelled"], row["done_calls"]) == ("cancelled", 4, 1)
+    assert row["by_vehicle"]["A"] == {"total": 2, "succeeded": 0, "failed": 0, "cancelled": 2,
+                                      "unfinished": 0}
+    # the route's callback ran after the job's (it saw done_calls = 1), with the summary
+    assert q(conn, "SELECT had_summary, row_done FROM app.route_done") == [
+        {"had_summary": True, "row_done": 1}]
+    ev = [(r["event"], r["detail"].get("function")) for r in q(
+        conn, "SELECT event, detail FROM batchd.batch_events WHERE batch_id = %s "
+              "AND event LIKE 'callback%%' ORDER BY id", bid)]
+    assert ev == [("callback_done", "app.job_done"), ("callback_done", "app.route_done")]
+
+    e = sql_error(conn, "SELECT batchd.submit_job('t', 'r', '{}', '{}', 'app.quote_jobs')")
+    assert e.sqlstate == "22023" and "source and source_key go together" in str(e)
