@@ -584,3 +584,31 @@ def test_backfill_with_submit_job_and_callback_order(app):
 
     e = sql_error(conn, "SELECT batchd.submit_job('t', 'r', '{}', '{}', 'app.quote_jobs')")
     assert e.sqlstate == "22023" and "source and source_key go together" in str(e)
+
+
+def test_intake_job_function_runs_with_the_sessions_search_path(app, db):
+    """The job function is called as hooks are: with the search_path a
+    session of the role starts with (here the database's), not batchd's."""
+    conn = app
+    conn.execute("""
+        CREATE TABLE app.labels (k int PRIMARY KEY, label text);
+        INSERT INTO app.labels VALUES (1, 'one'), (2, 'two');
+        CREATE TABLE app.t5 (id int PRIMARY KEY);
+        -- no SET search_path of its own: "labels" is found through the session's
+        CREATE FUNCTION app.job5(r app.t5) RETURNS jsonb LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN jsonb_build_object('id', r.id,
+                                      'label', (SELECT label FROM labels WHERE k = r.id));
+        END $$;
+        CREATE TRIGGER t5_intake AFTER INSERT ON app.t5 FOR EACH ROW
+            EXECUTE FUNCTION batchd.intake('r', '{"tenant": "t", "job": "app.job5"}');
+    """)
+    conn.execute(f'ALTER DATABASE "{db.name}" SET search_path = app, public')
+    c2 = db.connect()
+    c2.execute("INSERT INTO app.t5 VALUES (1), (2)")        # two rows, one transaction
+    assert [r["payload"] for r in q(c2, "SELECT payload FROM batchd.items ORDER BY id")] == [
+        {"id": 1, "label": "one"}, {"id": 2, "label": "two"}]
+    c2.close()
+    # a session whose search_path does not find labels: the INSERT fails
+    e = sql_error(conn, "INSERT INTO app.t5 VALUES (3)")
+    assert 'relation "labels" does not exist' in str(e)
