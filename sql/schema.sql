@@ -178,6 +178,60 @@ END
 $$;
 
 --
+-- Name: batches_job_on_done(); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.batches_job_on_done() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+DECLARE
+    v_state text;
+    v_msg   text;
+BEGIN
+    BEGIN
+        PERFORM batchd.run_hook(NEW.on_done, batchd.session_search_path(), NEW);
+        INSERT INTO batchd.batch_events (batch_id, event, detail)
+        VALUES (NEW.id, 'callback_done',
+                jsonb_build_object('function', NEW.on_done, 'status', NEW.status));
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+        INSERT INTO batchd.batch_events (batch_id, event, detail)
+        VALUES (NEW.id, 'callback_failed',
+                jsonb_build_object('function', NEW.on_done, 'status', NEW.status,
+                                   'sqlstate', v_state, 'error', v_msg));
+    END;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: FUNCTION batches_job_on_done(); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.batches_job_on_done() IS 'Trigger: call a job''s on_done(batch) once per end of its batch; a failure is logged as a callback_failed event.';
+
+--
+-- Name: batches_job_summary(); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.batches_job_summary() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+BEGIN
+    NEW.summary := batchd.job_summary_of(NEW);
+    RETURN NEW;
+END
+$$;
+
+--
+-- Name: FUNCTION batches_job_summary(); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.batches_job_summary() IS 'Trigger: write a job''s summary (batchd.job_summary_of) into its batch row when the batch ends.';
+
+--
 -- Name: batches_notify_cancel(); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
@@ -1327,6 +1381,93 @@ $$;
 COMMENT ON FUNCTION batchd.deregister_worker(p_id uuid) IS 'Release a worker''s running items and delete its row; returns the number released.';
 
 --
+-- Name: fanout(jsonb, jsonb, integer); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.fanout(p_job jsonb, p_fields jsonb DEFAULT NULL::jsonb, p_max_items integer DEFAULT 10000) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $_$
+DECLARE
+    v_fields text[];
+    v_f      text;
+    v_n      numeric := 1;
+    v_dims   text[] := '{}';
+    v_items  jsonb;
+BEGIN
+    IF p_job IS NULL OR jsonb_typeof(p_job) <> 'object' THEN
+        RAISE EXCEPTION 'job must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_max_items IS NULL OR p_max_items NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION 'max_items must be an integer from 1 to 1000000'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_fields IS NULL OR jsonb_typeof(p_fields) = 'null' THEN
+        SELECT coalesce(array_agg(e.k ORDER BY e.k COLLATE "C"), '{}') INTO v_fields
+          FROM jsonb_each(p_job) AS e(k, v)
+         WHERE jsonb_typeof(e.v) = 'array';
+    ELSE
+        IF jsonb_typeof(p_fields) <> 'array'
+           OR jsonb_path_exists(p_fields, 'strict $[*] ? (@.type() != "string")') THEN
+            RAISE EXCEPTION 'fanout must be a JSON array of field names (strings)'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT coalesce(array_agg(e.f ORDER BY e.ord), '{}') INTO v_fields
+          FROM jsonb_array_elements_text(p_fields) WITH ORDINALITY AS e(f, ord);
+        SELECT d.f INTO v_f
+          FROM unnest(v_fields) AS d(f)
+         GROUP BY d.f HAVING count(*) > 1
+         ORDER BY d.f LIMIT 1;
+        IF v_f IS NOT NULL THEN
+            RAISE EXCEPTION 'fanout names field "%" twice', v_f
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+
+    FOREACH v_f IN ARRAY v_fields LOOP
+        IF NOT p_job ? v_f THEN
+            RAISE EXCEPTION 'fanout field "%" is not a field of the job', v_f
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(p_job -> v_f) <> 'array' THEN
+            RAISE EXCEPTION 'fanout field "%" must be a JSON array (it is %)', v_f,
+                            jsonb_typeof(p_job -> v_f)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_array_length(p_job -> v_f) = 0 THEN
+            RAISE EXCEPTION 'fanout field "%" is an empty list: the job would have no items', v_f
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_n := v_n * jsonb_array_length(p_job -> v_f);
+        v_dims := v_dims || format('%s %s', jsonb_array_length(p_job -> v_f), v_f);
+    END LOOP;
+    IF v_n > p_max_items THEN
+        RAISE EXCEPTION 'job expands into % items (%), more than max_items (%)',
+                        v_n, array_to_string(v_dims, ' x '), p_max_items
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Split the job into smaller ones, or raise max_items (at most 1000000).';
+    END IF;
+
+    -- One pass per field: every item so far times every element of its list.
+    v_items := jsonb_build_array(p_job - v_fields);
+    FOREACH v_f IN ARRAY v_fields LOOP
+        SELECT jsonb_agg(i.it || jsonb_build_object(v_f, e.el) ORDER BY i.ord, e.ord)
+          INTO v_items
+          FROM jsonb_array_elements(v_items) WITH ORDINALITY AS i(it, ord),
+               jsonb_array_elements(p_job -> v_f) WITH ORDINALITY AS e(el, ord);
+    END LOOP;
+    RETURN v_items;
+END
+$_$;
+
+--
+-- Name: FUNCTION fanout(p_job jsonb, p_fields jsonb, p_max_items integer); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.fanout(p_job jsonb, p_fields jsonb, p_max_items integer) IS 'Expand a job''s list fields into the cross product of items (JSON array); more than max_items raises 22023.';
+
+--
 -- Name: gc_groups(); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
@@ -1494,6 +1635,209 @@ $_$;
 COMMENT ON FUNCTION batchd.hook_call(p_name text) IS 'The SELECT that calls a validated hook function name with one argument ($1); raises 22023 on a bad name.';
 
 --
+-- Name: intake(); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.intake() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $_$
+DECLARE
+    v_where    text := format('batchd.intake() (trigger %I on %I.%I)',
+                              TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    v_opts     jsonb;
+    v_job_opts jsonb := '{}';
+    v_key      text;
+    v_val      jsonb;
+    v_tenant   text;
+    v_keycol   text;
+    v_cols     jsonb;
+    v_fn       text;
+    v_batchcol text;
+    v_row      jsonb;
+    v_job      jsonb;
+    v_rowkey   text;
+    v_nkey     bigint;
+    v_path     text;
+    v_id       uuid;
+BEGIN
+    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
+        RAISE EXCEPTION '%: must be an AFTER INSERT (or UPDATE) ... FOR EACH ROW trigger', v_where
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF TG_NARGS NOT IN (1, 2) THEN
+        RAISE EXCEPTION '%: takes the route and an optional JSON object of options, not % arguments',
+                        v_where, TG_NARGS
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    BEGIN
+        v_opts := CASE WHEN TG_NARGS = 2 THEN TG_ARGV[1]::jsonb ELSE '{}' END;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION '%: the options are not valid JSON: %', v_where, SQLERRM
+            USING ERRCODE = 'invalid_parameter_value';
+    END;
+    IF jsonb_typeof(v_opts) <> 'object' THEN
+        RAISE EXCEPTION '%: the options must be a JSON object', v_where
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    FOR v_key, v_val IN SELECT o.key, o.value FROM jsonb_each(v_opts) AS o ORDER BY o.key LOOP
+        IF v_key IN ('fanout', 'group', 'max_items', 'on_done', 'name', 'priority',
+                     'max_attempts', 'metadata', 'group_key') THEN
+            v_job_opts := v_job_opts || jsonb_build_object(v_key, v_val);
+            CONTINUE;
+        END IF;
+        IF v_key NOT IN ('tenant', 'key', 'columns', 'job', 'batch_column') THEN
+            RAISE EXCEPTION '%: unknown option "%"', v_where, v_key
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Known options: tenant, key, columns, job, batch_column, and submit_job''s: fanout, group, max_items, on_done, name, priority, max_attempts, metadata, group_key.';
+        END IF;
+        CONTINUE WHEN jsonb_typeof(v_val) = 'null';
+        IF v_key = 'columns' THEN
+            IF jsonb_typeof(v_val) <> 'array' OR jsonb_array_length(v_val) = 0
+               OR jsonb_path_exists(v_val, 'strict $[*] ? (@.type() != "string")') THEN
+                RAISE EXCEPTION '%: columns must be a non-empty array of column names', v_where
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_cols := v_val;
+            CONTINUE;
+        END IF;
+        IF jsonb_typeof(v_val) <> 'string' OR v_val #>> '{}' = '' THEN
+            RAISE EXCEPTION '%: % must be a non-empty string', v_where, v_key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        CASE v_key
+        WHEN 'tenant' THEN v_tenant := v_val #>> '{}';
+        WHEN 'key' THEN v_keycol := v_val #>> '{}';
+        WHEN 'job' THEN v_fn := v_val #>> '{}';
+        WHEN 'batch_column' THEN v_batchcol := v_val #>> '{}';
+        END CASE;
+    END LOOP;
+    IF v_tenant IS NULL THEN
+        RAISE EXCEPTION '%: the tenant option is required', v_where
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_cols IS NOT NULL AND v_fn IS NOT NULL THEN
+        RAISE EXCEPTION '%: give columns or job, not both', v_where
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_row := to_jsonb(NEW);
+    IF v_keycol IS NULL THEN
+        SELECT min(a.attname), count(*) INTO v_keycol, v_nkey
+          FROM pg_catalog.pg_index AS x
+          JOIN pg_catalog.pg_attribute AS a
+            ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
+         WHERE x.indrelid = TG_RELID AND x.indisprimary;
+        IF v_nkey <> 1 THEN
+            RAISE EXCEPTION '%: the table has no single-column primary key: name the key column (option key)', v_where
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    IF NOT v_row ? v_keycol THEN
+        RAISE EXCEPTION '%: key: "%" is not a column of the table', v_where, v_keycol
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_rowkey := v_row ->> v_keycol;
+    IF v_rowkey IS NULL THEN
+        RAISE EXCEPTION '%: the row''s key (column %) is NULL', v_where, v_keycol
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_batchcol IS NOT NULL THEN
+        IF NOT v_row ? v_batchcol THEN
+            RAISE EXCEPTION '%: batch_column: "%" is not a column of the table', v_where, v_batchcol
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- the write-back below, seen by an UPDATE trigger of ours: not a new job
+        IF TG_OP = 'UPDATE' AND (to_jsonb(OLD) - v_batchcol) = (v_row - v_batchcol) THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+
+    IF v_fn IS NOT NULL THEN
+        -- session_search_path() reads pg_settings (about 0.7 ms): once per
+        -- transaction, kept in a transaction-local setting ("p:" + path)
+        v_path := current_setting('batchd.intake_search_path', true);
+        IF v_path IS NULL OR v_path NOT LIKE 'p:%' THEN
+            v_path := 'p:' || coalesce(batchd.session_search_path(), '');
+            PERFORM pg_catalog.set_config('batchd.intake_search_path', v_path, true);
+        END IF;
+        v_job := batchd.intake_job(v_fn, substr(v_path, 3), NEW);
+        IF v_job IS NULL OR jsonb_typeof(v_job) <> 'object' THEN
+            RAISE EXCEPTION '%: job: %() returned % instead of a JSON object', v_where, v_fn,
+                            coalesce(jsonb_typeof(v_job), 'NULL')
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    ELSIF v_cols IS NOT NULL THEN
+        SELECT c.c INTO v_key
+          FROM jsonb_array_elements_text(v_cols) AS c(c)
+         WHERE NOT v_row ? c.c
+         LIMIT 1;
+        IF v_key IS NOT NULL THEN
+            RAISE EXCEPTION '%: columns: "%" is not a column of the table', v_where, v_key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT jsonb_object_agg(c.c, v_row -> c.c) INTO v_job
+          FROM jsonb_array_elements_text(v_cols) AS c(c);
+    ELSE
+        v_job := v_row;
+    END IF;
+    IF NOT v_job_opts ? 'name' OR jsonb_typeof(v_job_opts -> 'name') = 'null' THEN
+        v_job_opts := v_job_opts || jsonb_build_object('name', left(TG_TABLE_NAME || ' ' || v_rowkey, 200));
+    END IF;
+
+    v_id := batchd.submit_job(v_tenant, TG_ARGV[0], v_job, v_job_opts,
+                              format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), v_rowkey);
+    IF v_batchcol IS NOT NULL THEN
+        EXECUTE format('UPDATE %I.%I SET %I = $1 WHERE %I = ($2).%I',
+                       TG_TABLE_SCHEMA, TG_TABLE_NAME, v_batchcol, v_keycol, v_keycol)
+          USING v_id, NEW;
+    END IF;
+    RETURN NULL;
+END
+$_$;
+
+--
+-- Name: FUNCTION intake(); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.intake() IS 'Trigger function batchd.intake(route [, options]): submit each new row of a user table as a job (batchd.submit_job), in the inserting transaction.';
+
+--
+-- Name: intake_job(text, text, anyelement); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.intake_job(p_fn text, p_path text, p_row anyelement) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $_$
+DECLARE
+    v_call text;
+    v_job  jsonb;
+BEGIN
+    PERFORM batchd.hook_call(p_fn);                            -- 22023 on a bad name
+    SELECT format('SELECT %I.%I($1)', n.nspname, p.proname) INTO v_call
+      FROM pg_catalog.pg_proc AS p
+      JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+     WHERE p.oid = to_regprocedure(p_fn || '(' || pg_typeof(p_row)::text || ')');
+    IF v_call IS NULL THEN
+        RAISE EXCEPTION 'intake: job: no function %(%) exists', p_fn, pg_typeof(p_row)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('CREATE FUNCTION %s(r %s) RETURNS jsonb ...', p_fn, pg_typeof(p_row));
+    END IF;
+    PERFORM pg_catalog.set_config('search_path', coalesce(p_path, ''), true);
+    EXECUTE v_call INTO v_job USING p_row;
+    RETURN v_job;
+END
+$_$;
+
+--
+-- Name: FUNCTION intake_job(p_fn text, p_path text, p_row anyelement); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.intake_job(p_fn text, p_path text, p_row anyelement) IS 'Intake: the job of a row, from the user''s function of the row type (called under the session''s search_path).';
+
+--
 -- Name: items_clear_group_slot(); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
@@ -1541,6 +1885,187 @@ $$;
 --
 
 COMMENT ON FUNCTION batchd.items_requeue_cancelled() IS 'Trigger: a running item sent back to the queue while its batch is cancelled is cancelled instead.';
+
+--
+-- Name: job_summary(uuid); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.job_summary(p_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+    SELECT batchd.job_summary_of(b) FROM batchd.batches AS b WHERE b.id = p_id
+$$;
+
+--
+-- Name: FUNCTION job_summary(p_id uuid); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.job_summary(p_id uuid) IS 'The live summary of a batch (batchd.job_summary_of): counts per job and, for a job with a group field, per group.';
+
+--
+-- Name: batches; Type: TABLE; Schema: batchd; Owner: -
+--
+
+CREATE TABLE batchd.batches (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tenant text NOT NULL,
+    name text,
+    route text NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    priority integer DEFAULT 5 NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    group_key text,
+    total integer NOT NULL,
+    succeeded integer DEFAULT 0 NOT NULL,
+    failed integer DEFAULT 0 NOT NULL,
+    cancelled integer DEFAULT 0 NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    idempotency_key text,
+    idempotency_hash bytea,
+    retries integer DEFAULT 0 NOT NULL,
+    job jsonb,
+    job_group text,
+    summary jsonb,
+    on_done text,
+    source text,
+    source_key text,
+    CONSTRAINT batches_cancelled_check CHECK ((cancelled >= 0)),
+    CONSTRAINT batches_failed_check CHECK ((failed >= 0)),
+    CONSTRAINT batches_idempotency_hash_check CHECK (((idempotency_hash IS NULL) OR ((octet_length(idempotency_hash) = 32) AND (idempotency_key IS NOT NULL)))),
+    CONSTRAINT batches_idempotency_key_check CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
+    CONSTRAINT batches_job_check CHECK ((jsonb_typeof(job) = 'object'::text)),
+    CONSTRAINT batches_job_group_check CHECK (((char_length(job_group) >= 1) AND (char_length(job_group) <= 200))),
+    CONSTRAINT batches_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
+    CONSTRAINT batches_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text)),
+    CONSTRAINT batches_priority_check CHECK (((priority >= 0) AND (priority <= 10))),
+    CONSTRAINT batches_retries_check CHECK ((retries >= 0)),
+    CONSTRAINT batches_source_check CHECK (((source IS NULL) = (source_key IS NULL))),
+    CONSTRAINT batches_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'completed_with_errors'::text, 'failed'::text, 'cancelled'::text]))),
+    CONSTRAINT batches_succeeded_check CHECK ((succeeded >= 0)),
+    CONSTRAINT batches_total_check CHECK ((total >= 0))
+);
+
+--
+-- Name: TABLE batches; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON TABLE batchd.batches IS 'Submitted batches: one row per batch, with live counters';
+
+--
+-- Name: COLUMN batches.group_key; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.group_key IS 'Name of the payload field (dotted path such as "account.id" for nested fields) whose value groups items, or NULL';
+
+--
+-- Name: COLUMN batches.total; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.total IS 'Number of items submitted; succeeded + failed + cancelled = total when finished';
+
+--
+-- Name: COLUMN batches.idempotency_key; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.idempotency_key IS 'Idempotency-Key of the REST submit that created the batch (unique per tenant; a key older than idempotency_ttl moves to the next batch that uses it), or NULL';
+
+--
+-- Name: COLUMN batches.idempotency_hash; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.idempotency_hash IS 'SHA-256 of the request that used idempotency_key (route, items, options), or NULL';
+
+--
+-- Name: COLUMN batches.retries; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.retries IS 'How many times the batch was retried (retry_batch), at most max_batch_retries';
+
+--
+-- Name: COLUMN batches.job; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.job IS 'The job as submitted (batchd.submit_job), before its fan-out into items; NULL for a plain batch';
+
+--
+-- Name: COLUMN batches.job_group; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.job_group IS 'The job field whose value groups its items in the summary (submit_job''s group option)';
+
+--
+-- Name: COLUMN batches.summary; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.summary IS 'A job''s counts when it ended (batchd.job_summary): total, succeeded, failed, cancelled, and per group';
+
+--
+-- Name: COLUMN batches.on_done; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.on_done IS 'The job''s own callback, schema.function(batch batchd.batches), called once per end of the batch';
+
+--
+-- Name: COLUMN batches.source; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.source IS 'Intake: the table whose row submitted this batch (schema-qualified, quoted as needed)';
+
+--
+-- Name: COLUMN batches.source_key; Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON COLUMN batchd.batches.source_key IS 'Intake: the key of that row, as text';
+
+--
+-- Name: job_summary_of(batchd.batches); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.job_summary_of(p_batch batchd.batches) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+    SELECT jsonb_build_object(
+               'total', p_batch.total, 'succeeded', p_batch.succeeded,
+               'failed', p_batch.failed, 'cancelled', p_batch.cancelled,
+               'unfinished', greatest(p_batch.total - p_batch.succeeded - p_batch.failed
+                                      - p_batch.cancelled, 0))
+           || CASE WHEN p_batch.job_group IS NULL THEN '{}'::jsonb
+                   ELSE jsonb_build_object(
+                            'group', p_batch.job_group,
+                            'groups', coalesce((
+                                SELECT jsonb_object_agg(g.k, jsonb_build_object(
+                                           'total', g.total, 'succeeded', g.succeeded,
+                                           'failed', g.failed, 'cancelled', g.cancelled,
+                                           'unfinished', g.unfinished))
+                                  FROM (SELECT coalesce(i.payload ->> p_batch.job_group, '') AS k,
+                                               count(*)::int AS total,
+                                               (count(*) FILTER (WHERE i.status = 'succeeded'))::int
+                                                   AS succeeded,
+                                               (count(*) FILTER (WHERE i.status = 'failed'))::int
+                                                   AS failed,
+                                               (count(*) FILTER (WHERE i.status = 'cancelled'
+                                                   OR (p_batch.finished_at IS NOT NULL
+                                                       AND i.status IN ('queued', 'running'))))::int
+                                                   AS cancelled,
+                                               (count(*) FILTER (WHERE p_batch.finished_at IS NULL
+                                                   AND i.status IN ('queued', 'running')))::int
+                                                   AS unfinished
+                                          FROM batchd.items AS i
+                                         WHERE i.batch_id = p_batch.id
+                                         GROUP BY 1) AS g), '{}'))
+              END
+$$;
+
+--
+-- Name: FUNCTION job_summary_of(p_batch batchd.batches); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.job_summary_of(p_batch batchd.batches) IS 'A batch''s counts (total, succeeded, failed, cancelled, unfinished), and per group for a job with a group field.';
 
 --
 -- Name: purge_finished(bigint, integer, integer); Type: FUNCTION; Schema: batchd; Owner: -
@@ -2203,6 +2728,105 @@ $_$;
 COMMENT ON FUNCTION batchd.submit_batch(p_tenant text, p_route text, p_items jsonb, p_options jsonb) IS 'Validate and store a batch with its items; returns the batch id. Bad input raises SQLSTATE 22023 and stores nothing.';
 
 --
+-- Name: submit_job(text, text, jsonb, jsonb, text, text); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb DEFAULT '{}'::jsonb, p_source text DEFAULT NULL::text, p_source_key text DEFAULT NULL::text) RETURNS uuid
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+DECLARE
+    v_key        text;
+    v_val        jsonb;
+    v_num        numeric;
+    v_fanout     jsonb;
+    v_group      text;
+    v_max        integer := 10000;
+    v_on_done    text;
+    v_batch_opts jsonb := '{}';
+    v_items      jsonb;
+    v_id         uuid;
+BEGIN
+    IF p_job IS NULL OR jsonb_typeof(p_job) <> 'object' THEN
+        RAISE EXCEPTION 'job must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_options IS NULL THEN
+        p_options := '{}';
+    END IF;
+    IF jsonb_typeof(p_options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (p_source IS NULL) <> (p_source_key IS NULL) OR p_source = '' THEN
+        RAISE EXCEPTION 'source and source_key go together: the table (schema.table) and the row''s key'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    FOR v_key, v_val IN SELECT o.key, o.value FROM jsonb_each(p_options) AS o ORDER BY o.key LOOP
+        IF v_key IN ('name', 'priority', 'max_attempts', 'metadata', 'group_key') THEN
+            v_batch_opts := v_batch_opts || jsonb_build_object(v_key, v_val);
+            CONTINUE;
+        END IF;
+        IF v_key NOT IN ('fanout', 'group', 'max_items', 'on_done') THEN
+            RAISE EXCEPTION 'unknown option "%"', v_key
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Known options: fanout, group, max_items, on_done, name, priority, max_attempts, metadata, group_key.';
+        END IF;
+        CONTINUE WHEN jsonb_typeof(v_val) = 'null';
+        CASE v_key
+        WHEN 'fanout' THEN
+            v_fanout := v_val;                  -- checked by fanout()
+        WHEN 'group' THEN
+            IF jsonb_typeof(v_val) <> 'string' OR char_length(v_val #>> '{}') NOT BETWEEN 1 AND 200 THEN
+                RAISE EXCEPTION 'group must be a non-empty string naming a field of the job'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_group := v_val #>> '{}';
+        WHEN 'max_items' THEN
+            v_num := CASE WHEN jsonb_typeof(v_val) = 'number' THEN v_val::numeric END;
+            IF v_num IS NULL OR v_num <> trunc(v_num) OR v_num NOT BETWEEN 1 AND 1000000 THEN
+                RAISE EXCEPTION 'max_items must be an integer from 1 to 1000000'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_max := v_num::int;
+        WHEN 'on_done' THEN
+            IF jsonb_typeof(v_val) <> 'string' THEN
+                RAISE EXCEPTION 'on_done must be a function name (schema.function)'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_on_done := v_val #>> '{}';
+            PERFORM batchd.hook_call(v_on_done);            -- 22023 on a bad name
+            IF to_regprocedure(v_on_done || '(batchd.batches)') IS NULL THEN
+                RAISE EXCEPTION 'on_done: no function %(batchd.batches) exists', v_on_done
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'CREATE FUNCTION ' || v_on_done || '(batch batchd.batches) RETURNS void ...';
+            END IF;
+        END CASE;
+    END LOOP;
+    IF v_group IS NOT NULL AND NOT p_job ? v_group THEN
+        RAISE EXCEPTION 'group "%" is not a field of the job', v_group
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    v_items := batchd.fanout(p_job, v_fanout, v_max);
+    v_id := batchd.submit_batch(p_tenant, p_route, v_items, v_batch_opts);
+    -- the new batch row is ours alone until commit
+    UPDATE batchd.batches AS b
+       SET job = p_job, job_group = v_group, on_done = v_on_done,
+           source = p_source, source_key = p_source_key
+     WHERE b.id = v_id;
+    RETURN v_id;
+END
+$$;
+
+--
+-- Name: FUNCTION submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb, p_source text, p_source_key text); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.submit_job(p_tenant text, p_route text, p_job jsonb, p_options jsonb, p_source text, p_source_key text) IS 'Submit one job: its list fields fanned out into items (batchd.fanout), one batch that keeps the job, its group field, its on_done and the row it stands for; bad input raises 22023.';
+
+--
 -- Name: sync_routes(jsonb); Type: FUNCTION; Schema: batchd; Owner: -
 --
 
@@ -2439,79 +3063,6 @@ ALTER TABLE batchd.batch_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
     NO MAXVALUE
     CACHE 1
 );
-
---
--- Name: batches; Type: TABLE; Schema: batchd; Owner: -
---
-
-CREATE TABLE batchd.batches (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    tenant text NOT NULL,
-    name text,
-    route text NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    priority integer DEFAULT 5 NOT NULL,
-    max_attempts integer DEFAULT 3 NOT NULL,
-    group_key text,
-    total integer NOT NULL,
-    succeeded integer DEFAULT 0 NOT NULL,
-    failed integer DEFAULT 0 NOT NULL,
-    cancelled integer DEFAULT 0 NOT NULL,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    idempotency_key text,
-    idempotency_hash bytea,
-    retries integer DEFAULT 0 NOT NULL,
-    CONSTRAINT batches_cancelled_check CHECK ((cancelled >= 0)),
-    CONSTRAINT batches_failed_check CHECK ((failed >= 0)),
-    CONSTRAINT batches_idempotency_hash_check CHECK (((idempotency_hash IS NULL) OR ((octet_length(idempotency_hash) = 32) AND (idempotency_key IS NOT NULL)))),
-    CONSTRAINT batches_idempotency_key_check CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
-    CONSTRAINT batches_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
-    CONSTRAINT batches_metadata_check CHECK ((jsonb_typeof(metadata) = 'object'::text)),
-    CONSTRAINT batches_priority_check CHECK (((priority >= 0) AND (priority <= 10))),
-    CONSTRAINT batches_retries_check CHECK ((retries >= 0)),
-    CONSTRAINT batches_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'completed_with_errors'::text, 'failed'::text, 'cancelled'::text]))),
-    CONSTRAINT batches_succeeded_check CHECK ((succeeded >= 0)),
-    CONSTRAINT batches_total_check CHECK ((total >= 0))
-);
-
---
--- Name: TABLE batches; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON TABLE batchd.batches IS 'Submitted batches: one row per batch, with live counters';
-
---
--- Name: COLUMN batches.group_key; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON COLUMN batchd.batches.group_key IS 'Name of the payload field (dotted path such as "account.id" for nested fields) whose value groups items, or NULL';
-
---
--- Name: COLUMN batches.total; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON COLUMN batchd.batches.total IS 'Number of items submitted; succeeded + failed + cancelled = total when finished';
-
---
--- Name: COLUMN batches.idempotency_key; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON COLUMN batchd.batches.idempotency_key IS 'Idempotency-Key of the REST submit that created the batch (unique per tenant; a key older than idempotency_ttl moves to the next batch that uses it), or NULL';
-
---
--- Name: COLUMN batches.idempotency_hash; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON COLUMN batchd.batches.idempotency_hash IS 'SHA-256 of the request that used idempotency_key (route, items, options), or NULL';
-
---
--- Name: COLUMN batches.retries; Type: COMMENT; Schema: batchd; Owner: -
---
-
-COMMENT ON COLUMN batchd.batches.retries IS 'How many times the batch was retried (retry_batch), at most max_batch_retries';
 
 --
 -- Name: items; Type: TABLE; Schema: batchd; Owner: -
@@ -2868,6 +3419,12 @@ CREATE INDEX batch_events_batch_idx ON batchd.batch_events USING btree (batch_id
 CREATE INDEX batches_active_route_idx ON batchd.batches USING btree (route, priority DESC, created_at) WHERE (status = ANY (ARRAY['pending'::text, 'processing'::text]));
 
 --
+-- Name: batches_source_idx; Type: INDEX; Schema: batchd; Owner: -
+--
+
+CREATE INDEX batches_source_idx ON batchd.batches USING btree (source, source_key) WHERE (source IS NOT NULL);
+
+--
 -- Name: batches_tenant_created_idx; Type: INDEX; Schema: batchd; Owner: -
 --
 
@@ -2908,6 +3465,18 @@ CREATE INDEX items_running_worker_idx ON batchd.items USING btree (worker_id) WH
 --
 
 CREATE TRIGGER batches_cancelled_finished BEFORE UPDATE ON batchd.batches FOR EACH ROW WHEN (((new.status = 'cancelled'::text) AND (new.finished_at IS NULL) AND (((new.succeeded + new.failed) + new.cancelled) >= new.total))) EXECUTE FUNCTION batchd.batches_cancelled_finished();
+
+--
+-- Name: batches batches_job_on_done; Type: TRIGGER; Schema: batchd; Owner: -
+--
+
+CREATE TRIGGER batches_job_on_done AFTER UPDATE ON batchd.batches FOR EACH ROW WHEN (((old.finished_at IS NULL) AND (new.finished_at IS NOT NULL) AND (new.on_done IS NOT NULL) AND (new.status = ANY (ARRAY['completed'::text, 'completed_with_errors'::text, 'failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION batchd.batches_job_on_done();
+
+--
+-- Name: batches batches_job_summary; Type: TRIGGER; Schema: batchd; Owner: -
+--
+
+CREATE TRIGGER batches_job_summary BEFORE UPDATE ON batchd.batches FOR EACH ROW WHEN (((old.finished_at IS NULL) AND (new.finished_at IS NOT NULL) AND (new.job IS NOT NULL) AND (new.status = ANY (ARRAY['completed'::text, 'completed_with_errors'::text, 'failed'::text, 'cancelled'::text])))) EXECUTE FUNCTION batchd.batches_job_summary();
 
 --
 -- Name: batches batches_notify_cancel; Type: TRIGGER; Schema: batchd; Owner: -

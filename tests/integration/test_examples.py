@@ -357,6 +357,17 @@ def test_quote_fanout_private_cluster(tmp_path):
     jobs = {j["id"]: j for j in res["jobs"]}
     assert {k: (j["status"], j["items"], j["succeeded"], j["failed"]) for k, j in jobs.items()} == \
         {1: ("completed", 8, 8, 0), 2: ("completed", 4, 2, 2)}
+    # submitted by the intake (one batch per inserted row, none for the rolled-back
+    # one), fanned out, and closed per vehicle by the job's on_done
+    assert (res["batches"], res["stray_batches"]) == (2, 0)
+
+    def per(total, succeeded, failed):
+        return {"total": total, "succeeded": succeeded, "failed": failed, "cancelled": 0,
+                "unfinished": 0}
+
+    assert jobs[1]["by_vehicle"] == {"VW-GOLF-8": per(4, 4, 0), "FORD-FOCUS": per(4, 4, 0)}
+    assert jobs[2]["by_vehicle"] == {"TESLA-M3": per(2, 2, 0), "XX-UNKNOWN": per(2, 0, 2)}
+    assert "quotes.submit_job" not in out and "INSERT INTO quotes.quote_jobs" in out
     assert all(j["duration_s"] > 0 for j in jobs.values())
     assert (res["quotes"], res["quote_errors"]) == (10, 2)
     assert res["failed_vehicles"] == ["XX-UNKNOWN"]                # invalid vehicles fail alone

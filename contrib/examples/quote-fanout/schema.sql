@@ -1,11 +1,16 @@
--- quote-fanout: quote jobs expanded into one item per vehicle x term x
--- mileage; the result hook and the batch callback. Applied after
--- `batchd migrate` and before batchd starts.
+-- quote-fanout: a quote request is a row of quotes.quote_jobs; batchd's
+-- intake (the trigger below) submits it, in the inserting transaction, as one
+-- job whose lists fan out into one item per vehicle x term x mileage; the
+-- result hook stores each quote; the job's on_done closes the row with its
+-- counts, per job and per vehicle. Applied after `batchd migrate` and before
+-- batchd starts.
 
 CREATE SCHEMA quotes;
 
 -- A customer's request: every combination of these vehicles, terms and
--- annual mileages, with one deposit.
+-- annual mileages, with one deposit. Inserting the row submits it (the
+-- trigger quote_jobs_intake); batch_id is set by the intake, the rest by
+-- quotes.on_job_done when all its quotes have ended.
 CREATE TABLE quotes.quote_jobs (
     id           serial      PRIMARY KEY,
     customer     text        NOT NULL,
@@ -13,14 +18,15 @@ CREATE TABLE quotes.quote_jobs (
     terms        int[]       NOT NULL CHECK (cardinality(terms) > 0),
     mileages     int[]       NOT NULL CHECK (cardinality(mileages) > 0),
     deposit      numeric(10,2) NOT NULL DEFAULT 0,
-    status       text        NOT NULL DEFAULT 'new'
-                 CHECK (status IN ('new', 'submitted', 'completed', 'failed', 'cancelled')),
+    status       text        NOT NULL DEFAULT 'submitted'
+                 CHECK (status IN ('submitted', 'completed', 'failed', 'cancelled')),
     batch_id     uuid        UNIQUE,
     items        int,
     succeeded    int,
     failed       int,
+    by_vehicle   jsonb,      -- {"VW-GOLF-8": {"total", "succeeded", "failed", ...}, ...}
     duration_s   numeric(10,1),
-    submitted_at timestamptz,
+    submitted_at timestamptz NOT NULL DEFAULT now(),
     completed_at timestamptz
 );
 
@@ -76,38 +82,16 @@ AS $$
            END
 $$;
 
--- Expand a job into one item per vehicle x term x mileage, submit it as one
--- batch, and mark the job submitted.
-CREATE FUNCTION quotes.submit_job(p_job int) RETURNS uuid
-LANGUAGE plpgsql
+-- The job of a request: its lists under the names each item carries (the
+-- provider's body template uses {vehicle}, {term}, {mileage}); batchd.intake
+-- fans them out into one item per combination.
+CREATE FUNCTION quotes.job_of(j quotes.quote_jobs) RETURNS jsonb
+LANGUAGE sql STABLE
 SET search_path = quotes, pg_catalog
 AS $$
-DECLARE
-    v_job   quote_jobs;
-    v_items jsonb;
-    v_batch uuid;
-BEGIN
-    SELECT * INTO v_job FROM quote_jobs WHERE id = p_job AND status = 'new' FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no new quote job %', p_job;
-    END IF;
-    SELECT jsonb_agg(jsonb_build_object('job_id', v_job.id, 'vehicle', v.vehicle,
-                                        'term', t.term, 'mileage', m.mileage,
-                                        'deposit', v_job.deposit)
-                     ORDER BY v.ord, t.ord, m.ord)
-      INTO v_items
-      FROM unnest(v_job.vehicles) WITH ORDINALITY AS v(vehicle, ord),
-           unnest(v_job.terms) WITH ORDINALITY AS t(term, ord),
-           unnest(v_job.mileages) WITH ORDINALITY AS m(mileage, ord);
-    v_batch := batchd.submit_batch('dealer', 'quotes', v_items,
-                                   jsonb_build_object('name', 'quote job ' || v_job.id,
-                                                      'metadata', jsonb_build_object('job_id', v_job.id)));
-    UPDATE quote_jobs
-       SET status = 'submitted', batch_id = v_batch, items = jsonb_array_length(v_items),
-           submitted_at = now()
-     WHERE id = p_job;
-    RETURN v_batch;
-END
+    SELECT jsonb_build_object('job_id', j.id, 'vehicle', to_jsonb(j.vehicles),
+                              'term', to_jsonb(j.terms), 'mileage', to_jsonb(j.mileages),
+                              'deposit', j.deposit)
 $$;
 
 -- The result hook: a quote, or the reason there is none.
@@ -139,8 +123,10 @@ BEGIN
 END
 $$;
 
--- The batch callback: the job is done -- completed when at least one quote
--- came back (partial failures are counted, not fatal), failed when none did.
+-- The job's on_done: all its quotes have ended -- completed when at least
+-- one came back (partial failures are counted, not fatal), failed when none
+-- did. batch.summary holds the counts per job and per vehicle (the intake's
+-- group); batch.source_key is the row's id.
 CREATE FUNCTION quotes.on_job_done(batch batchd.batches) RETURNS void
 LANGUAGE sql
 SET search_path = quotes, pg_catalog
@@ -148,8 +134,27 @@ AS $$
     UPDATE quote_jobs
        SET status = CASE WHEN batch.status = 'cancelled' THEN 'cancelled'
                          WHEN batch.succeeded > 0 THEN 'completed' ELSE 'failed' END,
-           succeeded = batch.succeeded, failed = batch.failed,
+           items = (batch.summary ->> 'total')::int,
+           succeeded = (batch.summary ->> 'succeeded')::int,
+           failed = (batch.summary ->> 'failed')::int,
+           by_vehicle = batch.summary -> 'groups',
            duration_s = round(extract(epoch FROM batch.finished_at - batch.created_at)::numeric, 1),
            completed_at = batch.finished_at
-     WHERE batch_id = batch.id;
+     WHERE id = batch.source_key::int;
 $$;
+
+-- Intake: every inserted request is submitted as one job, in the inserting
+-- transaction (a rolled-back INSERT submits nothing), and its commit wakes
+-- batchd. The job is quotes.job_of(row); its lists fan out in this order
+-- (vehicle slowest), grouped per vehicle in the summary; the batch id goes
+-- to batch_id; quotes.on_job_done runs when all its items have ended.
+CREATE TRIGGER quote_jobs_intake
+    AFTER INSERT ON quotes.quote_jobs
+    FOR EACH ROW EXECUTE FUNCTION batchd.intake('quotes', '{
+        "tenant": "dealer",
+        "job": "quotes.job_of",
+        "fanout": ["vehicle", "term", "mileage"],
+        "group": "vehicle",
+        "batch_column": "batch_id",
+        "on_done": "quotes.on_job_done"
+    }');

@@ -1,6 +1,8 @@
 -- quote-fanout seed data: the simulated API's vehicle catalogue, and two
--- quote jobs (:short = 1 makes them smaller, for the test suite). XX-UNKNOWN
--- is not a vehicle the API knows: its quotes fail (HTTP 422), alone.
+-- quote requests (:short = 1 makes them smaller, for the test suite), as
+-- customers' requests would arrive: inserting a row submits it (the intake
+-- trigger quotes.quote_jobs_intake), nothing else is called. XX-UNKNOWN is
+-- not a vehicle the API knows: its quotes fail (HTTP 422), alone.
 INSERT INTO quotes.sandbox_vehicles (code, list_price) VALUES
     ('VW-GOLF-8', 32500), ('FORD-FOCUS', 28900), ('SKODA-OCTAVIA', 31900),
     ('TESLA-M3', 42990), ('BMW-I4', 57900);
