@@ -2156,16 +2156,24 @@ BEGIN
             -- add it back (the rows stay locked by this transaction between
             -- the two statements: nobody can claim them in between).
             v_n := batchd.release_items(v_worker, v_ids);
-            UPDATE batchd.items AS i
-               SET attempts = i.attempts + 1
-             WHERE i.id = ANY (v_ids)
-               AND i.status = 'queued';
+            -- one 'recovered' event per batch, with the ids requeued (the
+            -- first 100; items is the count), so that an operator can see
+            -- afterwards which items a dead worker held
+            WITH bumped AS (
+                UPDATE batchd.items AS i
+                   SET attempts = i.attempts + 1
+                 WHERE i.id = ANY (v_ids)
+                   AND i.status = 'queued'
+                RETURNING i.id, i.batch_id
+            )
             INSERT INTO batchd.batch_events (batch_id, event, detail)
-            SELECT i.batch_id, 'recovered',
-                   jsonb_build_object('worker', v_worker, 'items', count(*))
-              FROM batchd.items AS i
-             WHERE i.id = ANY (v_ids)
-             GROUP BY i.batch_id;
+            SELECT b.batch_id, 'recovered',
+                   jsonb_build_object('worker', v_worker, 'items', count(*),
+                                      'item_ids', to_jsonb((array_agg(b.id ORDER BY b.id))[1:100]),
+                                      'item_ids_truncated', count(*) > 100)
+              FROM bumped AS b
+             GROUP BY b.batch_id
+             ORDER BY b.batch_id;
             requeued := requeued + v_n;
         END IF;
 
@@ -2176,7 +2184,8 @@ BEGIN
     -- Orphans: items running under a worker id that has no row any more (a
     -- worker reaped while alive that claimed, then died before registering
     -- again) and started longer than the lease ago: back to the queue, the
-    -- attempt counted, like any dead worker's.
+    -- attempt counted and a 'recovered' event written, like any dead
+    -- worker's.
     FOR v_worker IN
         SELECT DISTINCT i.worker_id
           FROM batchd.items AS i
@@ -2191,10 +2200,21 @@ BEGIN
            AND i.worker_id = v_worker;
         IF v_ids IS NOT NULL THEN
             v_n := batchd.release_items(v_worker, v_ids);
-            UPDATE batchd.items AS i
-               SET attempts = i.attempts + 1
-             WHERE i.id = ANY (v_ids)
-               AND i.status = 'queued';
+            WITH bumped AS (
+                UPDATE batchd.items AS i
+                   SET attempts = i.attempts + 1
+                 WHERE i.id = ANY (v_ids)
+                   AND i.status = 'queued'
+                RETURNING i.id, i.batch_id
+            )
+            INSERT INTO batchd.batch_events (batch_id, event, detail)
+            SELECT b.batch_id, 'recovered',
+                   jsonb_build_object('worker', v_worker, 'items', count(*),
+                                      'item_ids', to_jsonb((array_agg(b.id ORDER BY b.id))[1:100]),
+                                      'item_ids_truncated', count(*) > 100)
+              FROM bumped AS b
+             GROUP BY b.batch_id
+             ORDER BY b.batch_id;
             requeued := requeued + v_n;
         END IF;
     END LOOP;
@@ -2206,7 +2226,7 @@ $$;
 -- Name: FUNCTION reap_workers(p_self uuid, p_lease_ms bigint); Type: COMMENT; Schema: batchd; Owner: -
 --
 
-COMMENT ON FUNCTION batchd.reap_workers(p_self uuid, p_lease_ms bigint) IS 'Requeue (or fail after max_attempts) the items of workers silent longer than the lease, and delete those workers.';
+COMMENT ON FUNCTION batchd.reap_workers(p_self uuid, p_lease_ms bigint) IS 'Requeue (or fail after max_attempts) the items of workers silent longer than the lease, with a recovered event per batch listing them, and delete those workers.';
 
 --
 -- Name: record_completions(uuid, jsonb); Type: FUNCTION; Schema: batchd; Owner: -

@@ -106,6 +106,8 @@ static void step_status(Req *r, PGresult *res)
 			{ "id", CK_STR }, { "hostname", CK_STR }, { "pid", CK_NUM },
 			{ "version", CK_STR }, { "started_at", CK_STR }, { "heartbeat_at", CK_STR },
 			{ "inflight", CK_NUM }, { "heartbeat_age_s", CK_NUM },
+			{ "held_items", CK_NUM }, { "held_item_ids", CK_JSON },
+			{ "held_item_ids_truncated", CK_BOOL },
 		};
 		double age = atof(PQgetvalue(res, i, 7));
 		if (i)
@@ -185,13 +187,32 @@ static void step_status(Req *r, PGresult *res)
 	sb_free(&sb);
 }
 
+/*
+ * The fleet: each worker's row (inflight is what its last heartbeat said)
+ * and, from the items themselves, what it holds now: the count of items
+ * running under its id and the first STATUS_HELD_IDS of their ids.  For a
+ * dead worker that is what the reaper will requeue; for a live one, what it
+ * has claimed (in flight, waiting for a provider, or being completed).  One
+ * statement: a lateral aggregate per worker row, on the partial index
+ * items_running_worker_idx (worker_id WHERE status = 'running').
+ */
+#define STATUS_HELD_IDS 100
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
 void ep_status(Req *r)
 {
 	static const char sql[] =
 		"SELECT w.id, w.hostname, w.pid, w.version, batchd.api_ts(w.started_at), "
 		"batchd.api_ts(w.heartbeat_at), w.inflight, "
-		"round(extract(epoch FROM now() - w.heartbeat_at), 3) "
-		"FROM batchd.workers AS w ORDER BY w.started_at, w.id";
+		"round(extract(epoch FROM now() - w.heartbeat_at), 3), "
+		"h.n, coalesce(to_jsonb((h.ids)[1:" STR(STATUS_HELD_IDS) "]), '[]'), "
+		"h.n > " STR(STATUS_HELD_IDS) " "
+		"FROM batchd.workers AS w "
+		"CROSS JOIN LATERAL (SELECT count(*) AS n, array_agg(i.id ORDER BY i.id) AS ids "
+		"  FROM batchd.items AS i "
+		"  WHERE i.status = 'running' AND i.worker_id = w.id) AS h "
+		"ORDER BY w.started_at, w.id";
 
 	req_query(r, false, sql, 0, NULL, step_status);
 }

@@ -2347,10 +2347,45 @@ static int cmd_results(Ctl *ctl, const Command *cmd, int argc, char **argv)
 
 /* ------------------------------------------------------------ workers */
 
+/* Item ids shown in the ITEMS column of workers; the rest are counted. */
+#define WORKERS_IDS_SHOWN 3
+
+/* "12,13,14 (+97)": the first ids a worker holds and how many more (of
+ * held_items; held_item_ids is the server's first 100); "-" for none, or
+ * from a server that does not say. */
+static char *held_ids_cell(yajl_val w)
+{
+	yajl_val ids = jv_get(w, "held_item_ids");
+	int64_t held = jv_int(w, "held_items", 0);
+	size_t i, shown;
+	StrBuf sb;
+
+	if (!ids || !YAJL_IS_ARRAY(ids) || ids->u.array.len == 0)
+		return xstrdup("-");
+	if (held < (int64_t)ids->u.array.len)
+		held = (int64_t)ids->u.array.len;
+	shown = ids->u.array.len < WORKERS_IDS_SHOWN ? ids->u.array.len : WORKERS_IDS_SHOWN;
+	sb_init(&sb);
+	for (i = 0; i < shown; i++) {
+		if (i)
+			sb_putc(&sb, ',');
+		jv_append_text(&sb, ids->u.array.values[i]);
+	}
+	if (held > (int64_t)shown)
+		sb_printf(&sb, " (+%lld)", (long long)(held - (int64_t)shown));
+	return sb_steal(&sb);
+}
+
+/*
+ * One row per worker: INFLIGHT is what its last heartbeat said (a dead
+ * worker's is from before it died), HELD and ITEMS what the database has
+ * running under its id now (for a dead worker: what the reaper will
+ * requeue).
+ */
 static void workers_show(yajl_val st)
 {
-	static const char *const head[] = { "ID", "HOST", "PID", "INFLIGHT", "HEARTBEAT",
-		"STATE" };
+	static const char *const head[] = { "ID", "HOST", "PID", "INFLIGHT", "HELD",
+		"HEARTBEAT", "STATE", "ITEMS" };
 	yajl_val fleet = jv_get(st, "fleet");
 	double now = (double)now_realtime_us() / 1e6;
 	size_t i;
@@ -2360,10 +2395,10 @@ static void workers_show(yajl_val st)
 		fputs("no workers\n", stderr);
 		return;
 	}
-	table_init(&t, head, ARRAY_SIZE(head), (1u << 2) | (1u << 3) | (1u << 4));
+	table_init(&t, head, ARRAY_SIZE(head), (1u << 2) | (1u << 3) | (1u << 4) | (1u << 5));
 	for (i = 0; i < fleet->u.array.len; i++) {
 		yajl_val w = fleet->u.array.values[i], alive = jv_get(w, "alive");
-		char *row[6];
+		char *row[8];
 		StrBuf sb;
 		double hb;
 
@@ -2372,6 +2407,7 @@ static void workers_show(yajl_val st)
 		row[1] = cell_clip(cell_of(w, "hostname"), 32);
 		row[2] = cell_of(w, "pid");
 		row[3] = cell_of(w, "inflight");
+		row[4] = cell_of(w, "held_items");
 		/* age by this machine's clock: skew between hosts shows here */
 		if (parse_ts(jv_str(w, "heartbeat_at"), &hb)) {
 			fmt_duration(&sb, now > hb ? now - hb : 0);
@@ -2379,8 +2415,9 @@ static void workers_show(yajl_val st)
 		} else {
 			sb_putc(&sb, '-');
 		}
-		row[4] = sb_steal(&sb);
-		row[5] = xstrdup(!alive ? "-" : YAJL_IS_TRUE(alive) ? "alive" : "dead");
+		row[5] = sb_steal(&sb);
+		row[6] = xstrdup(!alive ? "-" : YAJL_IS_TRUE(alive) ? "alive" : "dead");
+		row[7] = held_ids_cell(w);
 		table_add(&t, row);
 	}
 	table_print(&t);

@@ -532,15 +532,20 @@ def test_workers(api):
     r = api.ctl("workers")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["ID", "HOST", "PID", "INFLIGHT", "HEARTBEAT", "STATE"]
+    assert lines[0].split() == ["ID", "HOST", "PID", "INFLIGHT", "HELD", "HEARTBEAT", "STATE",
+                                "ITEMS"]
     mine = [ln for ln in lines[1:] if f" {api.daemon.pid} " in f" {ln} "]
     assert len(mine) == 1, r.stdout
-    assert mine[0].split()[-1] == "alive" and "ago" in mine[0]
+    # idle: holds nothing (dead workers' rows: test_dead_workers.py)
+    assert mine[0].split()[-2:] == ["alive", "-"] and "ago" in mine[0], mine
+    assert mine[0].split()[4] == "0", mine
 
     r = api.ctl("--json", "workers")
     assert r.returncode == 0, r.stderr
     fleet = json.loads(r.stdout)["fleet"]
-    assert any(w["pid"] == api.daemon.pid and w["alive"] for w in fleet), fleet
+    assert any(w["pid"] == api.daemon.pid and w["alive"] and w["held_items"] == 0
+               and w["held_item_ids"] == [] and w["held_item_ids_truncated"] is False
+               for w in fleet), fleet
 
 
 # ------------------------------------------------------------------ usage and errors

@@ -336,6 +336,18 @@ def test_crash_recovery(new_database, tmp_path):
     assert res["held_at_kill"] > 0
     assert res["a_in_workers"]["state"] == "dead", out
     assert int(res["a_in_workers"]["inflight"]) > 0
+    # batchctl workers (GET /v1/status) lists the ids A held, from the
+    # database: the ones running under A at the kill
+    held = res["held_ids_at_kill"]
+    assert len(held) == res["held_at_kill"] and held == sorted(held)
+    assert (res["a_in_workers"]["held_items"], res["a_in_workers"]["held_item_ids"],
+            res["a_in_workers"]["held_item_ids_truncated"]) == (len(held), held, False), res
+    assert re.search(r"\bdead\b.*\b" + re.escape(",".join(map(str, held[:3]))), out), out
+    assert "the ones the database showed at the kill: yes" in out
+    # ... and the 'recovered' event (GET /v1/batches/ID/events) the same ids,
+    # which then succeeded at their second attempt
+    assert res["recovered_ids"] == held, res
+    assert res["recovered_final"] == {"succeeded/2": len(held)}, res
     assert res["recovered"] == res["held_at_kill"]                  # all of A's, requeued once
     assert res["second_attempts"] == res["held_at_kill"]
     assert 0 < res["recorded_by_a"] < n

@@ -365,7 +365,10 @@ def test_two_reapers_never_requeue_twice(db, conn):
         [("queued", 1, None, True, 50)], st
     ev = conn.execute("SELECT detail FROM batchd.batch_events WHERE batch_id = %s AND "
                       "event = 'recovered'", (bid,)).fetchall()
-    assert [e["detail"] for e in ev] == [{"worker": dead, "items": 50}], ev
+    ids = [r["id"] for r in conn.execute("SELECT id FROM batchd.items WHERE batch_id = %s "
+                                         "ORDER BY id", (bid,)).fetchall()]
+    assert [e["detail"] for e in ev] == [{"worker": dead, "items": 50, "item_ids": ids,
+                                          "item_ids_truncated": False}], ev
     assert count(conn, "SELECT count(*) AS n FROM batchd.workers WHERE id = %s", dead) == 0
     # a late completion by the reaped worker changes nothing and is counted
     ids = [r["id"] for r in conn.execute("SELECT id FROM batchd.items WHERE batch_id = %s",
