@@ -8,7 +8,7 @@
 --
 -- Repeatable: `batchd migrate` re-applies this file whenever its text
 -- changes (see sql/README). The definition of each object here is the only
--- one; edit it in place. The columns are migration 015's.
+-- one; edit it in place. The columns are migration 014's.
 --
 -- Why a trigger and not a polled query: the row and its batch commit
 -- together or not at all (a rolled-back INSERT leaves no batch, a committed

@@ -1,4 +1,4 @@
-"""Jobs, fan-out and intake (migration 015, sql/functions/intake.sql).
+"""Jobs, fan-out and intake (migration 014, sql/functions/intake.sql).
 
 A job is one JSON object whose list fields fan out into the cross product of
 items (batchd.fanout, batchd.submit_job); the batch row keeps the job and,
@@ -22,7 +22,7 @@ provider (per-id faults: some vehicle/term/mileage combinations answer 422):
   - bad options: clear 22023 errors naming the option;
   - a cancelled job: the summary counts the cancelled items per group, the
     on_done runs once per end (again after a retry);
-  - migration 015's down and up.
+  - migration 014's down and up.
 """
 
 import itertools
@@ -494,7 +494,7 @@ def test_intake_on_update_with_when_and_batch_column(app):
 
 # ------------------------------------------------------------------ migration
 
-def test_migration_015_down_and_up(db, conn, tmp_path):
+def test_migration_014_down_and_up(db, conn, tmp_path):
     def columns():
         return {r["column_name"] for r in q(
             conn, "SELECT column_name FROM information_schema.columns "
@@ -509,8 +509,8 @@ def test_migration_015_down_and_up(db, conn, tmp_path):
                "batches_job_summary", "batches_job_on_done"}
     assert new_cols <= columns() and new_fns <= functions()
     applied = one(conn, "SELECT count(*) AS n FROM batchd.schema_migrations")["n"]
-    # the migrations from 015 on (later ones may exist)
-    down = one(conn, "SELECT count(*) AS n FROM batchd.schema_migrations WHERE version >= 15")["n"]
+    # the migrations from 014 on (later ones may exist)
+    down = one(conn, "SELECT count(*) AS n FROM batchd.schema_migrations WHERE version >= 14")["n"]
 
     # a user table's intake trigger depends on batchd.intake(): the down fails
     # and reverts nothing

@@ -1,4 +1,4 @@
--- 015_intake.down.sql: undo 015_intake.up.sql.
+-- 014_intake.down.sql: undo 014_intake.up.sql.
 --
 -- The objects of functions/intake.sql go first: the triggers on
 -- batchd.batches read the dropped columns. A trigger of a user table that

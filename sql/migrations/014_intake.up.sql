@@ -1,4 +1,4 @@
--- 015_intake.up.sql: jobs (one submitted object fanned out into items), their
+-- 014_intake.up.sql: jobs (one submitted object fanned out into items), their
 -- per-job and per-group summary, and the link from a batch to the row of a
 -- user table that submitted it (intake). The functions are in
 -- functions/intake.sql: batchd.fanout(), batchd.submit_job(),
