@@ -894,6 +894,23 @@ COMMENT ON FUNCTION batchd.claim_items(p_worker uuid, p_routes text[], p_limit i
 --
 
 CREATE FUNCTION batchd.complete_items(p_worker uuid, p_items jsonb) RETURNS TABLE(applied integer, fenced integer)
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'batchd'
+    AS $$
+    SELECT c.o_applied, c.o_fenced FROM batchd.complete_items_in(p_worker, p_items) AS c;
+$$;
+
+--
+-- Name: FUNCTION complete_items(p_worker uuid, p_items jsonb); Type: COMMENT; Schema: batchd; Owner: -
+--
+
+COMMENT ON FUNCTION batchd.complete_items(p_worker uuid, p_items jsonb) IS 'Record outcomes (or deferrals) of items running under this worker (others are fenced), call the route''s result hook, give back group slots, update batch counters, finish batches.';
+
+--
+-- Name: complete_items_in(uuid, jsonb); Type: FUNCTION; Schema: batchd; Owner: -
+--
+
+CREATE FUNCTION batchd.complete_items_in(p_worker uuid, p_items jsonb, OUT o_applied integer, OUT o_fenced integer, OUT o_batches uuid[]) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'batchd'
     SET plan_cache_mode TO 'force_generic_plan'
@@ -910,6 +927,7 @@ DECLARE
     v_text      text;
     v_ids       bigint[];
     v_locked    bigint[];
+    v_lock_batches uuid[];
     v_slot_ids  bigint[];
     v_hook_routes text[];
     v_hook_fns    text[];
@@ -929,7 +947,8 @@ BEGIN
     END IF;
     v_total := jsonb_array_length(p_items);
     IF v_total = 0 THEN
-        RETURN QUERY SELECT 0, 0;
+        o_applied := 0;
+        o_fenced := 0;
         RETURN;
     END IF;
 
@@ -991,9 +1010,10 @@ BEGIN
     v_ids := ARRAY(SELECT (e.v ->> 'id')::bigint
                      FROM jsonb_array_elements(p_items) AS e(v));
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
-    SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.group_slot)
-      INTO v_locked, v_slot_ids
-      FROM (SELECT i.id, i.group_slot
+    SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.group_slot),
+           array_agg(DISTINCT s.batch_id)
+      INTO v_locked, v_slot_ids, v_lock_batches
+      FROM (SELECT i.id, i.group_slot, i.batch_id
               FROM batchd.items AS i
              WHERE i.id = ANY (v_ids)
                AND i.status = 'running'
@@ -1002,7 +1022,8 @@ BEGIN
                FOR UPDATE) AS s;
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
     IF v_locked IS NULL THEN
-        RETURN QUERY SELECT 0, v_total;
+        o_applied := 0;
+        o_fenced := v_total;
         RETURN;
     END IF;
 
@@ -1022,7 +1043,7 @@ BEGIN
     END IF;
     PERFORM 1
        FROM batchd.batches AS b
-      WHERE b.id IN (SELECT i.batch_id FROM batchd.items AS i WHERE i.id = ANY (v_locked))
+      WHERE b.id = ANY (v_lock_batches)
       ORDER BY b.id
         FOR NO KEY UPDATE;
 
@@ -1261,15 +1282,17 @@ BEGIN
          ORDER BY n.id;
     END IF;
 
-    RETURN QUERY SELECT v_applied, v_total - v_applied;
+    o_applied := v_applied;
+    o_fenced := v_total - v_applied;
+    o_batches := v_lock_batches;
 END
 $_$;
 
 --
--- Name: FUNCTION complete_items(p_worker uuid, p_items jsonb); Type: COMMENT; Schema: batchd; Owner: -
+-- Name: FUNCTION complete_items_in(p_worker uuid, p_items jsonb, OUT o_applied integer, OUT o_fenced integer, OUT o_batches uuid[]); Type: COMMENT; Schema: batchd; Owner: -
 --
 
-COMMENT ON FUNCTION batchd.complete_items(p_worker uuid, p_items jsonb) IS 'Record outcomes (or deferrals) of items running under this worker (others are fenced), call the route''s result hook, give back group slots, update batch counters, finish batches.';
+COMMENT ON FUNCTION batchd.complete_items_in(p_worker uuid, p_items jsonb, OUT o_applied integer, OUT o_fenced integer, OUT o_batches uuid[]) IS 'complete_items() with the ids of the batches it may have changed (those of the items it locked), for record_completions().';
 
 --
 -- Name: create_token(text); Type: FUNCTION; Schema: batchd; Owner: -
@@ -2239,14 +2262,11 @@ CREATE FUNCTION batchd.record_completions(p_worker uuid, p_items jsonb) RETURNS 
 DECLARE
     v_batches uuid[];
 BEGIN
-    SELECT c.applied, c.fenced INTO applied, fenced
-      FROM batchd.complete_items(p_worker, p_items) AS c;
-    -- batches of these items that this transaction moved to a terminal
-    -- status (finished_at = now() is this transaction's timestamp)
-    SELECT array_agg(DISTINCT i.batch_id)
-      INTO v_batches
-      FROM batchd.items AS i
-     WHERE i.id IN (SELECT (e ->> 'id')::bigint FROM jsonb_array_elements(p_items) AS e);
+    -- the batches of the items it recorded: those this transaction moved to a
+    -- terminal status are among them (finished_at = now() is this
+    -- transaction's timestamp)
+    SELECT c.o_applied, c.o_fenced, c.o_batches INTO applied, fenced, v_batches
+      FROM batchd.complete_items_in(p_worker, p_items) AS c;
     SELECT jsonb_agg(jsonb_build_object(
                'id', b.id, 'name', b.name, 'route', b.route, 'status', b.status,
                'total', b.total, 'succeeded', b.succeeded, 'failed', b.failed,

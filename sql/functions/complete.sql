@@ -173,6 +173,8 @@ COMMENT ON FUNCTION batchd.run_hook(text, text, anyelement) IS
     'Call a hook or callback function with one argument under the given search_path (the session''s, not batchd''s).';
 
 -- batchd.complete_items(worker, items) -> (applied, fenced)
+-- (a wrapper of batchd.complete_items_in(), which also returns the ids of
+-- the batches of the items it locked, for record_completions())
 --
 -- items: JSON array of {"id", "status": "succeeded"|"failed"|"queued",
 -- "http_status", "result", "error", "provider", "started_at", "finished_at",
@@ -230,8 +232,9 @@ COMMENT ON FUNCTION batchd.run_hook(text, text, anyelement) IS
 -- condition) and batches and groups by their keys, and keeps its generic
 -- plan (force_generic_plan): planning each statement of each call cost more
 -- than executing most of them (about 1.3 ms a call, 30% of a flush of 45).
-CREATE OR REPLACE FUNCTION batchd.complete_items(p_worker uuid, p_items jsonb)
-RETURNS TABLE (applied int, fenced int)
+CREATE OR REPLACE FUNCTION batchd.complete_items_in(p_worker uuid, p_items jsonb,
+                                                    OUT o_applied int, OUT o_fenced int,
+                                                    OUT o_batches uuid[])
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = pg_catalog, batchd
@@ -249,6 +252,7 @@ DECLARE
     v_text      text;
     v_ids       bigint[];
     v_locked    bigint[];
+    v_lock_batches uuid[];
     v_slot_ids  bigint[];
     v_hook_routes text[];
     v_hook_fns    text[];
@@ -268,7 +272,8 @@ BEGIN
     END IF;
     v_total := jsonb_array_length(p_items);
     IF v_total = 0 THEN
-        RETURN QUERY SELECT 0, 0;
+        o_applied := 0;
+        o_fenced := 0;
         RETURN;
     END IF;
 
@@ -330,9 +335,10 @@ BEGIN
     v_ids := ARRAY(SELECT (e.v ->> 'id')::bigint
                      FROM jsonb_array_elements(p_items) AS e(v));
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
-    SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.group_slot)
-      INTO v_locked, v_slot_ids
-      FROM (SELECT i.id, i.group_slot
+    SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.group_slot),
+           array_agg(DISTINCT s.batch_id)
+      INTO v_locked, v_slot_ids, v_lock_batches
+      FROM (SELECT i.id, i.group_slot, i.batch_id
               FROM batchd.items AS i
              WHERE i.id = ANY (v_ids)
                AND i.status = 'running'
@@ -341,7 +347,8 @@ BEGIN
                FOR UPDATE) AS s;
     PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
     IF v_locked IS NULL THEN
-        RETURN QUERY SELECT 0, v_total;
+        o_applied := 0;
+        o_fenced := v_total;
         RETURN;
     END IF;
 
@@ -361,7 +368,7 @@ BEGIN
     END IF;
     PERFORM 1
        FROM batchd.batches AS b
-      WHERE b.id IN (SELECT i.batch_id FROM batchd.items AS i WHERE i.id = ANY (v_locked))
+      WHERE b.id = ANY (v_lock_batches)
       ORDER BY b.id
         FOR NO KEY UPDATE;
 
@@ -600,8 +607,22 @@ BEGIN
          ORDER BY n.id;
     END IF;
 
-    RETURN QUERY SELECT v_applied, v_total - v_applied;
+    o_applied := v_applied;
+    o_fenced := v_total - v_applied;
+    o_batches := v_lock_batches;
 END
+$fn$;
+
+COMMENT ON FUNCTION batchd.complete_items_in(uuid, jsonb) IS
+    'complete_items() with the ids of the batches it may have changed (those of the items it locked), for record_completions().';
+
+CREATE OR REPLACE FUNCTION batchd.complete_items(p_worker uuid, p_items jsonb)
+RETURNS TABLE (applied int, fenced int)
+LANGUAGE sql
+VOLATILE
+SET search_path = pg_catalog, batchd
+AS $fn$
+    SELECT c.o_applied, c.o_fenced FROM batchd.complete_items_in(p_worker, p_items) AS c;
 $fn$;
 
 COMMENT ON FUNCTION batchd.complete_items(uuid, jsonb) IS
@@ -616,14 +637,11 @@ AS $fn$
 DECLARE
     v_batches uuid[];
 BEGIN
-    SELECT c.applied, c.fenced INTO applied, fenced
-      FROM batchd.complete_items(p_worker, p_items) AS c;
-    -- batches of these items that this transaction moved to a terminal
-    -- status (finished_at = now() is this transaction's timestamp)
-    SELECT array_agg(DISTINCT i.batch_id)
-      INTO v_batches
-      FROM batchd.items AS i
-     WHERE i.id IN (SELECT (e ->> 'id')::bigint FROM jsonb_array_elements(p_items) AS e);
+    -- the batches of the items it recorded: those this transaction moved to a
+    -- terminal status are among them (finished_at = now() is this
+    -- transaction's timestamp)
+    SELECT c.o_applied, c.o_fenced, c.o_batches INTO applied, fenced, v_batches
+      FROM batchd.complete_items_in(p_worker, p_items) AS c;
     SELECT jsonb_agg(jsonb_build_object(
                'id', b.id, 'name', b.name, 'route', b.route, 'status', b.status,
                'total', b.total, 'succeeded', b.succeeded, 'failed', b.failed,
