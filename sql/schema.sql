@@ -1004,23 +1004,19 @@ BEGIN
     END IF;
 
     -- (1a) Lock the items this call may change: running under this worker, in id
-    -- order, by primary key (the id list is a constant to the planner:
-    -- force_custom_plan, for this statement only). Their group_slot, read
-    -- under the lock, is current.
+    -- order, by primary key (the only index the condition lets the planner use:
+    -- see Plans above). Their group_slot, read under the lock, is current.
     v_ids := ARRAY(SELECT (e.v ->> 'id')::bigint
                      FROM jsonb_array_elements(p_items) AS e(v));
-    PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
     SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.group_slot),
            array_agg(DISTINCT s.batch_id)
       INTO v_locked, v_slot_ids, v_lock_batches
       FROM (SELECT i.id, i.group_slot, i.batch_id
               FROM batchd.items AS i
              WHERE i.id = ANY (v_ids)
-               AND i.status = 'running'
-               AND i.worker_id = p_worker
+               AND (i.status = 'running' AND i.worker_id = p_worker) IS TRUE
              ORDER BY i.id
                FOR UPDATE) AS s;
-    PERFORM pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true);
     IF v_locked IS NULL THEN
         o_applied := 0;
         o_fenced := v_total;
