@@ -184,7 +184,10 @@ static void login_reset(Dispatch *d, ProvState *ps)
 	l->last_error[0] = '\0';
 }
 
-static void login_failed(Dispatch *d, ProvState *ps, const char *err)
+/* The login failed.  nested: called while items are being routed (from
+ * can_start), where waking ps now would recurse; it is woken on the next
+ * loop turn instead. */
+static void login_failed(Dispatch *d, ProvState *ps, const char *err, bool nested)
 {
 	Login *l = &ps->login;
 	int64_t now = now_monotonic_us(), delay_ms;
@@ -204,8 +207,13 @@ static void login_failed(Dispatch *d, ProvState *ps, const char *err)
 	timer_arm_us(l->timer, delay_ms * 1000);
 	log_warn("provider %s: login failed (%d in a row), next try in %lld ms: %s", ps->name,
 		 l->fails, (long long)delay_ms, err);
-	if (!was_down && login_down(ps, now))
-		provider_wake_in(ps, 0);   /* its waiting items move on (next loop turn) */
+	if (!was_down && login_down(ps, now)) {
+		/* its waiting items move on */
+		if (nested)
+			provider_wake_in(ps, 0);
+		else
+			ps_wake(ps, d);
+	}
 }
 
 /* Start ps's login transfer unless one is out (or we stop). */
@@ -218,13 +226,13 @@ static void login_start(Dispatch *d, ProvState *ps, bool after_401)
 		return;
 	evtimer_del(l->timer);
 	if (!login_prepare(l, ps->cfg, err, sizeof(err))) {
-		login_failed(d, ps, err);
+		login_failed(d, ps, err, true);
 		return;
 	}
 	l->shard = http_start(d->http, l->easy);
 	if (l->shard < 0) {
 		login_release(l);
-		login_failed(d, ps, "could not start the login transfer");
+		login_failed(d, ps, "could not start the login transfer", true);
 		return;
 	}
 	l->state = LOGIN_RUNNING;
@@ -264,7 +272,7 @@ static void login_done(Dispatch *d, ProvState *ps, CURL *easy, CURLcode code)
 	}
 	login_release(l);
 	if (rc < 0) {
-		login_failed(d, ps, err);
+		login_failed(d, ps, err, false);
 		return;
 	}
 	login_drop(l);
@@ -821,6 +829,7 @@ static void transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 		for (int i = 0; i < d->nprovs; i++) {
 			if (d->provs[i]->login.state == LOGIN_RUNNING && d->provs[i]->login.easy == easy) {
 				login_done(d, d->provs[i], easy, code);
+				d->h->transfer_done(d->harg);   /* items may have moved */
 				return;
 			}
 		}
