@@ -191,7 +191,6 @@ static void login_failed(Dispatch *d, ProvState *ps, const char *err, bool neste
 {
 	Login *l = &ps->login;
 	int64_t now = now_monotonic_us(), delay_ms;
-	bool was_down = login_down(ps, now);
 
 	l->state = LOGIN_FAILED;
 	l->fails++;
@@ -207,7 +206,7 @@ static void login_failed(Dispatch *d, ProvState *ps, const char *err, bool neste
 	timer_arm_us(l->timer, delay_ms * 1000);
 	log_warn("provider %s: login failed (%d in a row), next try in %lld ms: %s", ps->name,
 		 l->fails, (long long)delay_ms, err);
-	if (!was_down && login_down(ps, now)) {
+	if (login_down(ps, now) && ps->qhead) {
 		/* its waiting items move on */
 		if (nested)
 			provider_wake_in(ps, 0);
@@ -872,7 +871,7 @@ static void transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 	if (code != CURLE_OK)
 		status = 0;
 	job_set_state(j, JOB_NEW);   /* between tries until the outcome says */
-	if (status == 401 && login_on(ps) && !ps->removed && !d->stopping &&
+	if (status == 401 && !ps->removed && login_on(ps) && !d->stopping &&
 	    login_resend(d, ps, j)) {
 		/* the token was refused: again with the next one, the try not counted */
 		j->tries--;
