@@ -158,6 +158,26 @@ static void step_status(Req *r, PGresult *res)
 				sb_printf(&sb, "%.3f},", (double)ps.base_latency_us / 1000.0);
 			else
 				sb_puts(&sb, "null},");
+			if (ps.login_state) {
+				sb_printf(&sb, "\"login\":{\"state\":\"%s\",\"expires_in_s\":",
+					  ps.login_state);
+				if (ps.login_expires_in_ms >= 0)
+					sb_printf(&sb, "%.3f", (double)ps.login_expires_in_ms / 1000.0);
+				else
+					sb_puts(&sb, "null");
+				sb_printf(&sb, ",\"logins\":%llu,\"failures\":%llu,\"after_401\":%llu,"
+					  "\"last_error\":", (unsigned long long)ps.logins,
+					  (unsigned long long)ps.login_failures,
+					  (unsigned long long)ps.relogins_401);
+				if (ps.login_last_error[0])
+					json_append_string(&sb, ps.login_last_error,
+							   strlen(ps.login_last_error));
+				else
+					sb_puts(&sb, "null");
+				sb_puts(&sb, "},");
+			} else {
+				sb_puts(&sb, "\"login\":null,");
+			}
 			sb_puts(&sb, "\"per_second\":[");
 			for (int k = 0; k < PROVIDER_HISTORY_S; k++)
 				sb_printf(&sb, "%s%u", k ? "," : "", ps.per_second[k]);

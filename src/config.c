@@ -256,8 +256,8 @@ static int set_method(ConfigCtx *ctx, const ConfigKey *key, void *obj, const cha
 			return 0;
 		}
 	}
-	ctx_fail(ctx, "method: invalid value '%s' (expected GET, POST, PUT, PATCH or DELETE)",
-		 value);
+	ctx_fail(ctx, "%s: invalid value '%s' (expected GET, POST, PUT, PATCH or DELETE)",
+		 key->name, value);
 	return -1;
 }
 
@@ -499,6 +499,119 @@ static int set_header(ConfigCtx *ctx, const ConfigKey *key, void *obj, const cha
 	return 0;
 }
 
+/* A "Name: value" header line (CR/LF/control characters refused); the value
+ * is not echoed in errors.  0, or -1 with ctx failed. */
+static int check_header_line(ConfigCtx *ctx, const char *keyname, const char *value)
+{
+	const char *v = value;
+
+	while (is_tchar(*v))
+		v++;
+	if (v == value || *v != ':') {
+		ctx_fail(ctx, "%s must look like 'Name: value' (a token name, then a colon)", keyname);
+		return -1;
+	}
+	v += strspn(v + 1, " \t") + 1;
+	if (*v == '\0') {
+		ctx_fail(ctx, "%s '%.*s' has an empty value", keyname,
+			 (int)(strchr(value, ':') - value), value);
+		return -1;
+	}
+	for (const char *c = v; *c; c++) {
+		if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f) {
+			ctx_fail(ctx, "%s '%.*s' has a control character in its value", keyname,
+				 (int)(strchr(value, ':') - value), value);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int set_login_header(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	Provider *p = obj;
+
+	if (check_header_line(ctx, key->name, value) < 0)
+		return -1;
+	p->login_headers = xrealloc(p->login_headers,
+				    sizeof(char *) * ((size_t)p->nlogin_headers + 2));
+	p->login_headers[p->nlogin_headers++] = xstrdup(value);
+	p->login_headers[p->nlogin_headers] = NULL;
+	return 0;
+}
+
+/* "Name: text{token}text": exactly one {token}, nothing else in braces. */
+static int set_token_header(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	const char *t;
+
+	if (check_header_line(ctx, key->name, value) < 0)
+		return -1;
+	t = strstr(value, "{token}");
+	if (!t || strstr(t + 1, "{token}")) {
+		ctx_fail(ctx, "%s must hold {token} exactly once (e.g. 'Authorization: Bearer {token}')",
+			 key->name);
+		return -1;
+	}
+	if (t < strchr(value, ':')) {
+		ctx_fail(ctx, "%s: {token} belongs in the value, not the header name", key->name);
+		return -1;
+	}
+	return set_string(ctx, key, obj, value);
+}
+
+/* The login URL: http(s), used as written (no {placeholders}: there is no item). */
+static int set_login_url(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	char msg[256];
+
+	if (tmpl_check_url(value, msg, sizeof(msg)) < 0) {
+		ctx_fail(ctx, "%s: %s", key->name, msg);
+		return -1;
+	}
+	if (strpbrk(value, "{}")) {
+		ctx_fail(ctx, "%s takes no {placeholders} (it is not sent for an item)", key->name);
+		return -1;
+	}
+	return set_string(ctx, key, obj, value);
+}
+
+/* A dotted path into a JSON object: "access_token", "data.token". */
+static int set_json_path(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	const char *s = value;
+	bool ok = *s != '\0';
+
+	for (; ok && *s; s++) {
+		if (*s == '.')
+			ok = s != value && s[1] != '\0' && s[1] != '.';
+		else
+			ok = (unsigned char)*s > 0x20 && *s != 0x7f;
+	}
+	if (!ok) {
+		ctx_fail(ctx, "%s: invalid field '%s' (expected a JSON field name, or a dotted "
+			 "path such as data.token)", key->name, value);
+		return -1;
+	}
+	return set_string(ctx, key, obj, value);
+}
+
+static int set_content_type(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
+{
+	for (const char *c = value; *c; c++) {
+		if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+			ctx_fail(ctx, "%s has a control character", key->name);
+			return -1;
+		}
+	}
+	if (!*value || !strchr(value, '/')) {
+		ctx_fail(ctx, "%s: invalid media type '%s' (expected e.g. application/json)",
+			 key->name, value);
+		return -1;
+	}
+	return set_string(ctx, key, obj, value);
+}
+
 static int set_providers(ConfigCtx *ctx, const ConfigKey *key, void *obj, const char *value)
 {
 	Route *r = obj;
@@ -573,6 +686,15 @@ static const ConfigKey provider_keys[] = {
 	{ "connect_timeout", set_duration, PRV(connect_timeout_ms), 1, DAY_MS, false },
 	{ "header", set_header, 0, 0, 0, true },
 	{ "idempotency_header", set_header_name, PRV(idempotency_header), 0, 0, false },
+	{ "login_body", set_string, PRV(login_body), 0, 0, false },
+	{ "login_content_type", set_content_type, PRV(login_content_type), 0, 0, false },
+	{ "login_expires_field", set_json_path, PRV(login_expires_field), 0, 0, false },
+	{ "login_header", set_login_header, 0, 0, 0, true },
+	{ "login_method", set_method, PRV(login_method), 0, 0, false },
+	{ "login_refresh_margin", set_duration, PRV(login_refresh_margin_ms), 0, DAY_MS, false },
+	{ "login_token_field", set_json_path, PRV(login_token_field), 0, 0, false },
+	{ "login_token_lifetime", set_duration_or_zero, PRV(login_token_lifetime_ms), 1000, 3650 * DAY_MS, false },
+	{ "login_url", set_login_url, PRV(login_url), 1, 0, false },
 	{ "max_concurrency", set_concurrency, PRV(max_concurrency), 1, 100000, false },
 	{ "max_response_size", set_size, PRV(max_response_size), 1, GB, false },
 	{ "method", set_method, PRV(method), 0, 0, false },
@@ -583,6 +705,7 @@ static const ConfigKey provider_keys[] = {
 	{ "retry_on", set_retry_on, 0, 0, 0, false },
 	{ "secret_header", set_secret_header, 0, 0, 0, true },
 	{ "timeout", set_duration, PRV(timeout_ms), 1, DAY_MS, false },
+	{ "token_header", set_token_header, PRV(token_header), 0, 0, false },
 	{ "url", set_url, PRV(url), 1, 0, false },
 };
 
@@ -629,6 +752,7 @@ static Provider *provider_new(const char *name, int line)
 	p->requeue_after_ms = 30 * 1000;
 	p->breaker_failures = 5;
 	p->breaker_cooldown_ms = 60 * 1000;
+	p->login_refresh_margin_ms = -1;
 	p->line = line;
 	return p;
 }
@@ -648,6 +772,16 @@ static void provider_free(Provider *p)
 	free(p->retry_on);
 	free(p->permanent_on);
 	free(p->idempotency_header);
+	for (i = 0; i < p->nlogin_headers; i++)
+		free(p->login_headers[i]);
+	free(p->login_headers);
+	free(p->login_url);
+	free(p->login_method);
+	free(p->login_body);
+	free(p->login_content_type);
+	free(p->login_token_field);
+	free(p->login_expires_field);
+	free(p->token_header);
 	free(p->name);
 	free(p->url);
 	free(p->method);
@@ -703,6 +837,76 @@ static const char *format_ms(int64_t ms, char *buf, size_t len)
 	return buf;
 }
 
+/* Length of a header line's name (up to the colon). */
+static size_t header_name_len(const char *h)
+{
+	const char *colon = strchr(h, ':');
+
+	return colon ? (size_t)(colon - h) : strlen(h);
+}
+
+/*
+ * The login keys of a provider section: none without login_url; with it,
+ * the defaults, and what cannot work together.
+ */
+static int login_close(ConfigCtx *ctx, Provider *p)
+{
+	static const char *const keys[] = {
+		"login_body", "login_content_type", "login_expires_field", "login_header",
+		"login_method", "login_refresh_margin", "login_token_field",
+		"login_token_lifetime", "token_header",
+	};
+	int line;
+
+	if (!p->login_url) {
+		for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+			if ((line = key_line(ctx, keys[i])) > 0) {
+				ctx_fail_at(ctx, line, "%s needs login_url in [provider %s]", keys[i],
+					    p->name);
+				return -1;
+			}
+		}
+		return 0;
+	}
+	if (!p->login_method)
+		p->login_method = xstrdup("POST");
+	if (!p->login_content_type)
+		p->login_content_type = xstrdup("application/json");
+	if (!p->login_token_field)
+		p->login_token_field = xstrdup("access_token");
+	if (!p->login_expires_field)
+		p->login_expires_field = xstrdup("expires_in");
+	if (!p->token_header)
+		p->token_header = xstrdup("Authorization: Bearer {token}");
+	if (p->login_body && (strcmp(p->login_method, "GET") == 0 ||
+			      strcmp(p->login_method, "DELETE") == 0)) {
+		line = key_line(ctx, "login_method");
+		ctx_fail_at(ctx, line ? line : key_line(ctx, "login_body"),
+			    "login_body needs login_method POST, PUT or PATCH (login_method is %s%s)",
+			    p->login_method, line ? "" : ", the default");
+		return -1;
+	}
+	if (p->login_token_lifetime_ms > 0 &&
+	    p->login_refresh_margin_ms >= p->login_token_lifetime_ms) {
+		ctx_fail_at(ctx, key_line(ctx, "login_refresh_margin"),
+			    "login_refresh_margin must be shorter than login_token_lifetime");
+		return -1;
+	}
+	for (int i = 0; i < p->nheaders; i++) {
+		size_t n = header_name_len(p->token_header);
+
+		if (header_name_len(p->headers[i]) == n &&
+		    strncasecmp(p->headers[i], p->token_header, n) == 0) {
+			line = key_line(ctx, "token_header");
+			ctx_fail_at(ctx, line ? line : key_line(ctx, "header"),
+				    "header %.*s is also the token header of the login (token_header%s): "
+				    "remove one", (int)n, p->token_header, line ? "" : ", the default");
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /*
  * Checks across keys of one section, run when it ends (the next section
  * header or the end of the file), while the lines of its keys are known.
@@ -736,6 +940,8 @@ static void section_close(ConfigCtx *ctx)
 		const int *later = p->permanent_on, *other = p->retry_on;
 		int nlater = p->npermanent_on, nother = p->nretry_on, i, j;
 
+		if (login_close(ctx, p) < 0)
+			return;
 		if (p->backoff_max_ms < p->backoff_ms) {
 			ctx_fail_at(ctx, max ? max : base,
 				    "backoff_max (%s%s) must be at least backoff (%s)",
@@ -1145,6 +1351,29 @@ Provider *config_find_provider(const Config *cfg, const char *name)
 			return cfg->providers[i];
 	}
 	return NULL;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+bool config_login_equal(const Provider *a, const Provider *b)
+{
+	if (!str_eq(a->login_url, b->login_url) || !str_eq(a->login_method, b->login_method) ||
+	    !str_eq(a->login_body, b->login_body) ||
+	    !str_eq(a->login_content_type, b->login_content_type) ||
+	    !str_eq(a->login_token_field, b->login_token_field) ||
+	    !str_eq(a->login_expires_field, b->login_expires_field) ||
+	    !str_eq(a->token_header, b->token_header) ||
+	    a->login_token_lifetime_ms != b->login_token_lifetime_ms ||
+	    a->login_refresh_margin_ms != b->login_refresh_margin_ms ||
+	    a->nlogin_headers != b->nlogin_headers)
+		return false;
+	for (int i = 0; i < a->nlogin_headers; i++)
+		if (strcmp(a->login_headers[i], b->login_headers[i]) != 0)
+			return false;
+	return true;
 }
 
 Route *config_find_route(const Config *cfg, const char *name)

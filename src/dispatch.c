@@ -17,6 +17,17 @@
  * instead of holding it), and once the provider's retries are spent the
  * item fails over to the next provider or fails; a permanent failure fails
  * the item, or fails over with failover_on_permanent.
+ *
+ * A provider with login_url (login.h) first needs a token: its items wait
+ * in its queue while the login runs (one login transfer at a time, on the
+ * same curl multi, outside max_inflight), and every request carries the
+ * token.  The token is refreshed before it expires; a 401 to a request that
+ * carried the current token drops it and logs in again, and the item is
+ * sent again with the new one without counting the try (once per item: a
+ * second 401 to a fresh token is an ordinary answer).  While the login fails
+ * and no token is usable, the provider is unavailable like one whose breaker
+ * is open: items fail over, or go back to the queue until the next login try
+ * without spending an attempt.
  */
 #include <math.h>
 #include <stdio.h>
@@ -43,13 +54,15 @@ struct Dispatch {
 	int ntransfers;            /* none starts at cfg->max_inflight or more */
 	bool transfers_full;       /* a provider waits for a transfer slot */
 	bool stopping;
+	int nlogins;               /* login transfers out */
 };
 
 static void ps_wake(ProvState *ps, void *arg);
+static void ps_login_timer(ProvState *ps, void *arg);
 static void job_outcome(Dispatch *d, Job *j, enum Outcome out, long status, const char *error);
 static void transfer_done(CURL *easy, CURLcode code, void *priv, void *arg);
 
-static const ProvHandlers prov_handlers = { ps_wake };
+static const ProvHandlers prov_handlers = { ps_wake, ps_login_timer };
 
 /* ------------------------------------------------------------- providers */
 
@@ -70,10 +83,14 @@ Dispatch *dispatch_new(struct event_base *base, Config *cfg, const DispatchHandl
 	return d;
 }
 
+static void login_abort(Dispatch *d, ProvState *ps);
+
 void dispatch_free(Dispatch *d)
 {
 	if (!d)
 		return;
+	for (int i = 0; i < d->nprovs; i++)
+		login_abort(d, d->provs[i]);
 	http_free(d->http);
 	for (int i = 0; i < d->nprovs; i++)
 		provider_free(d->provs[i]);
@@ -121,13 +138,235 @@ static ProvState *route_ps(Dispatch *d, const Route *r, int idx)
 	return ps && !ps->removed ? ps : NULL;
 }
 
+/* ------------------------------------------------------------------- login */
+
+static bool login_on(const ProvState *ps)
+{
+	return ps->cfg->login_url != NULL;
+}
+
+/* Its login failed and no token is usable: unavailable, like an open breaker. */
+static bool login_down(const ProvState *ps, int64_t now)
+{
+	return login_on(ps) && ps->login.fails > 0 && !login_usable(&ps->login, now);
+}
+
+/* May items be routed to ps: its breaker admits and its login is not down. */
+static bool ps_admits(ProvState *ps, int64_t now)
+{
+	return br_admits(&ps->br) && !login_down(ps, now);
+}
+
+/* Take a running login transfer off the multi; the provider has no login
+ * under way after (its token, if any, is kept). */
+static void login_abort(Dispatch *d, ProvState *ps)
+{
+	Login *l = &ps->login;
+
+	if (l->state != LOGIN_RUNNING)
+		return;
+	http_abort(d->http, l->easy, l->shard);
+	login_release(l);
+	d->nlogins--;
+	l->state = l->token ? LOGIN_READY : LOGIN_NONE;
+}
+
+/* Forget the token and any login state (a reload changed the login). */
+static void login_reset(Dispatch *d, ProvState *ps)
+{
+	Login *l = &ps->login;
+
+	login_abort(d, ps);
+	evtimer_del(l->timer);
+	login_drop(l);
+	l->state = LOGIN_NONE;
+	l->fails = 0;
+	l->last_error[0] = '\0';
+}
+
+/* The login failed.  nested: called while items are being routed (from
+ * can_start), where waking ps now would recurse; it is woken on the next
+ * loop turn instead. */
+static void login_failed(Dispatch *d, ProvState *ps, const char *err, bool nested)
+{
+	Login *l = &ps->login;
+	int64_t now = now_monotonic_us(), delay_ms;
+
+	l->state = LOGIN_FAILED;
+	l->fails++;
+	l->err_total++;
+	snprintf(l->last_error, sizeof(l->last_error), "%s", err);
+	/* the provider's backoff, doubling up to backoff_max, jittered by half */
+	delay_ms = dispatch_backoff_ms(ps->cfg, l->fails,
+				       0.5 + 0.5 * (double)random() / ((double)RAND_MAX + 1.0));
+	if (delay_ms < 100)
+		delay_ms = 100;
+	l->retry_at = now + delay_ms * 1000;
+	evtimer_del(l->timer);
+	timer_arm_us(l->timer, delay_ms * 1000);
+	log_warn("provider %s: login failed (%d in a row), next try in %lld ms: %s", ps->name,
+		 l->fails, (long long)delay_ms, err);
+	if (login_down(ps, now) && ps->qhead) {
+		/* its waiting items move on */
+		if (nested)
+			provider_wake_in(ps, 0);
+		else
+			ps_wake(ps, d);
+	}
+}
+
+/* Start ps's login transfer unless one is out (or we stop). */
+static void login_start(Dispatch *d, ProvState *ps, bool after_401)
+{
+	Login *l = &ps->login;
+	char err[256];
+
+	if (l->state == LOGIN_RUNNING || d->stopping || ps->removed || !login_on(ps))
+		return;
+	evtimer_del(l->timer);
+	if (!login_prepare(l, ps->cfg, err, sizeof(err))) {
+		login_failed(d, ps, err, true);
+		return;
+	}
+	l->shard = http_start(d->http, l->easy);
+	if (l->shard < 0) {
+		login_release(l);
+		login_failed(d, ps, "could not start the login transfer", true);
+		return;
+	}
+	l->state = LOGIN_RUNNING;
+	l->requests_at_login = ps->requests;
+	if (after_401)
+		l->relogins_401++;
+	d->nlogins++;
+	log_debug("provider %s: logging in%s", ps->name, after_401 ? " (after a 401)" : "");
+}
+
+/* The login transfer ended: a token, or a failure. */
+static void login_done(Dispatch *d, ProvState *ps, CURL *easy, CURLcode code)
+{
+	Login *l = &ps->login;
+	const Provider *p = ps->cfg;
+	int64_t now = now_monotonic_us(), lifetime_us;
+	long status = 0;
+	char err[300];
+	char *token = NULL;
+	double life_s = -1;
+	int rc;
+
+	d->nlogins--;
+	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+	if (code != CURLE_OK) {
+		if (l->too_big || code == CURLE_FILESIZE_EXCEEDED)
+			snprintf(err, sizeof(err), "login answer larger than %d bytes",
+				 LOGIN_MAX_RESPONSE);
+		else
+			snprintf(err, sizeof(err), "login request failed: %s",
+				 l->errbuf[0] ? l->errbuf : curl_easy_strerror(code));
+		rc = -1;
+	} else {
+		rc = login_parse_answer(l->resp.data ? l->resp.data : "", l->resp.len, status,
+					p->login_token_field, p->login_expires_field, &token, &life_s,
+					err, sizeof(err));
+	}
+	login_release(l);
+	if (rc < 0) {
+		login_failed(d, ps, err, false);
+		return;
+	}
+	login_drop(l);
+	l->token = token;
+	l->header = login_render_header(p->token_header, token);
+	l->gen++;
+	l->state = LOGIN_READY;
+	l->fails = 0;
+	l->ok_total++;
+	l->last_error[0] = '\0';
+	lifetime_us = life_s > 0 ? (int64_t)(life_s * 1e6) : p->login_token_lifetime_ms * 1000;
+	evtimer_del(l->timer);
+	if (lifetime_us > 0) {
+		int64_t refresh = login_refresh_in_us(lifetime_us, p->login_refresh_margin_ms);
+
+		l->expires_at = now + lifetime_us;
+		timer_arm_us(l->timer, refresh);
+		log_info("provider %s: logged in (token %llu, expires in %.3g s, refresh in %.3g s)",
+			 ps->name, (unsigned long long)l->gen, (double)lifetime_us / 1e6,
+			 (double)refresh / 1e6);
+	} else {
+		l->expires_at = 0;
+		log_info("provider %s: logged in (token %llu, no expiry given: kept until a 401)",
+			 ps->name, (unsigned long long)l->gen);
+	}
+	ps_wake(ps, d);
+}
+
+/* The refresh timer (READY) or the retry timer (FAILED) fired. */
+static void ps_login_timer(ProvState *ps, void *arg)
+{
+	Dispatch *d = arg;
+	Login *l = &ps->login;
+
+	if (ps->removed || !login_on(ps))
+		return;
+	if (l->state == LOGIN_READY) {
+		/* refresh a token in use; an idle provider logs in when next needed */
+		if (ps->requests == l->requests_at_login && !ps->qhead && ps->inflight == 0) {
+			log_debug("provider %s: idle, token not refreshed", ps->name);
+			login_drop(l);
+			l->state = LOGIN_NONE;
+			return;
+		}
+		login_start(d, ps, false);
+	} else if (l->state == LOGIN_FAILED) {
+		login_start(d, ps, false);
+	}
+}
+
+/*
+ * A 401 to j's request on ps: send it again (true) when the token it carried
+ * is no longer current, or it is and this is j's first such 401 (then the
+ * token is dropped and a login starts: one for all the 401s of a token).
+ */
+static bool login_resend(Dispatch *d, ProvState *ps, Job *j)
+{
+	Login *l = &ps->login;
+
+	if (j->login_gen != l->gen)
+		return true;   /* an older token: the current one may be good */
+	if (j->auth_resent)
+		return false;  /* a fresh token refused too: the answer stands */
+	j->auth_resent = true;
+	if (l->token) {
+		log_info("provider %s: HTTP 401 to token %llu: logging in again", ps->name,
+			 (unsigned long long)l->gen);
+		login_drop(l);
+		if (l->state == LOGIN_FAILED) {
+			provider_wake_in(ps, 0);   /* down now: the waiting items move on */
+		} else if (l->state != LOGIN_RUNNING) {
+			l->state = LOGIN_NONE;
+			login_start(d, ps, true);
+		}
+	}
+	return true;
+}
+
 /* SIGHUP: new limits for existing providers (breaker state kept), states
- * for new ones; removed ones stop taking work. */
+ * for new ones; removed ones stop taking work.  A provider whose login
+ * settings or credentials changed logs in again; unchanged, it keeps its
+ * token. */
 void dispatch_reload(Dispatch *d, Config *nc)
 {
 	for (int i = 0; i < d->nprovs; i++) {
 		ProvState *ps = d->provs[i];
 		Provider *np = config_find_provider(nc, ps->name);
+		if (np && !config_login_equal(ps->cfg, np)) {
+			if (ps->cfg->login_url || np->login_url)
+				log_info("provider %s: login settings changed: the token is dropped",
+					 ps->name);
+			login_reset(d, ps);
+		} else if (!np) {
+			login_reset(d, ps);
+		}
 		if (np)
 			provider_reconfigure(ps, np, nc->max_inflight);
 		else
@@ -180,6 +419,13 @@ void dispatch_set_workers(Dispatch *d, const char *json, bool joining, int64_t h
 /* Can a request to ps start now: the provider's gate and max_inflight. */
 static bool can_start(Dispatch *d, ProvState *ps, int64_t now, int64_t *wait_us)
 {
+	if (login_on(ps) && !login_usable(&ps->login, now)) {
+		/* no token yet (or it expired): log in; its end wakes ps */
+		if (ps->login.state == LOGIN_NONE || ps->login.state == LOGIN_READY)
+			login_start(d, ps, false);
+		*wait_us = -1;
+		return false;
+	}
 	if (ps->paused_until <= now && d->ntransfers >= d->cfg->max_inflight &&
 	    !provider_window_full(ps, now)) {
 		/* the claim_ahead items wait here for a transfer to end */
@@ -198,7 +444,9 @@ static void start(Dispatch *d, ProvState *ps, Job *j)
 	j->ps = ps;
 	j->tries++;
 	j->tries_by[j->pidx]++;
-	if (request_prepare(j, ps->cfg, &ps->pool, err, sizeof(err)) < 0) {
+	j->login_gen = ps->login.gen;
+	if (request_prepare(j, ps->cfg, &ps->pool, login_on(ps) ? ps->login.header : NULL,
+			    err, sizeof(err)) < 0) {
 		/* the request cannot even be built from this payload */
 		job_outcome(d, j, OUT_PERMANENT, 0, err);
 		return;
@@ -241,8 +489,8 @@ static void ps_wake(ProvState *ps, void *arg)
 	while (ps->qhead) {
 		if (!ps->removed && ps->br.state == BR_HALF_OPEN && ps->br.probe_inflight)
 			return;   /* the probe's outcome decides; its end wakes us */
-		if (ps->removed || !br_admits(&ps->br)) {
-			/* breaker open (or probe out): everybody here moves on */
+		if (ps->removed || !ps_admits(ps, now)) {
+			/* breaker open (or probe out), login down: everybody here moves on */
 			dispatch_route(d, provider_pop(ps));
 			continue;
 		}
@@ -279,7 +527,7 @@ void dispatch_route(Dispatch *d, Job *j)
 		ProvState *cand = route_ps(d, r, k);
 		if (cand)
 			br_tick(&cand->br, now);   /* cooldown over: half-open now */
-		if (cand && br_admits(&cand->br)) {
+		if (cand && ps_admits(cand, now)) {
 			ps = cand;
 			break;
 		}
@@ -288,7 +536,7 @@ void dispatch_route(Dispatch *d, Job *j)
 		/* a probe is out: wait here for its outcome rather than defer */
 		for (k = j->pidx; k < r->nproviders; k++) {
 			ProvState *cand = route_ps(d, r, k);
-			if (cand && cand->br.state == BR_HALF_OPEN) {
+			if (cand && cand->br.state == BR_HALF_OPEN && !login_down(cand, now)) {
 				if (k != j->pidx) {
 					j->pidx = k;
 					j->tries = 0;
@@ -300,14 +548,21 @@ void dispatch_route(Dispatch *d, Job *j)
 	}
 	if (!ps) {
 		int64_t earliest = INT64_MAX;
-		char why[256];
+		ProvState *login_failing = NULL;
+		char why[512];
 		for (k = j->pidx; k < r->nproviders; k++) {
 			ProvState *cand = route_ps(d, r, k);
 			int64_t at;
 			if (!cand)
 				continue;
-			at = cand->br.state == BR_OPEN ? br_half_open_at(&cand->br) :
-				now + cand->cfg->breaker_cooldown_ms * 1000;
+			if (login_down(cand, now) && br_admits(&cand->br)) {
+				at = cand->login.retry_at > now ? cand->login.retry_at : now;
+				if (!login_failing)
+					login_failing = cand;
+			} else {
+				at = cand->br.state == BR_OPEN ? br_half_open_at(&cand->br) :
+					now + cand->cfg->breaker_cooldown_ms * 1000;
+			}
 			if (at < earliest)
 				earliest = at;
 		}
@@ -315,8 +570,13 @@ void dispatch_route(Dispatch *d, Job *j)
 			/* every provider of the route is gone (reload): try again later */
 			earliest = now + 60 * 1000000LL;
 		}
-		snprintf(why, sizeof(why), "every provider of route %s has its circuit breaker open",
-			 r->name);
+		if (login_failing)
+			snprintf(why, sizeof(why), "no provider of route %s is available: "
+				 "provider %s: login failed: %s", r->name, login_failing->name,
+				 login_failing->login.last_error);
+		else
+			snprintf(why, sizeof(why),
+				 "every provider of route %s has its circuit breaker open", r->name);
 		/* no attempt spent: the item never reached a provider */
 		d->h->defer(j, (earliest - now) / 1000 + 1, why, d->harg);
 		return;
@@ -324,8 +584,9 @@ void dispatch_route(Dispatch *d, Job *j)
 	if (k != j->pidx) {
 		ProvState *from = route_ps(d, r, j->pidx);
 		LogCtx ctx = { j->batch_id, j->id, ps->name, r->name };
-		log_ctx(LG_INFO, &ctx, "item %lld: failing over from %s to %s (breaker)",
-			(long long)j->id, r->providers[j->pidx]->name, ps->name);
+		log_ctx(LG_INFO, &ctx, "item %lld: failing over from %s to %s (%s)",
+			(long long)j->id, r->providers[j->pidx]->name, ps->name,
+			from && login_down(from, now) ? "login failed" : "breaker");
 		if (from)
 			from->failovers_from++;
 		j->pidx = k;
@@ -558,11 +819,21 @@ static void transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 {
 	Dispatch *d = arg;
 	Job *j = priv;
-	ProvState *ps = j->ps;
+	ProvState *ps;
 	long status = 0;
 	char err[768];
 	enum Outcome out;
 
+	if (d->nlogins > 0) {
+		for (int i = 0; i < d->nprovs; i++) {
+			if (d->provs[i]->login.state == LOGIN_RUNNING && d->provs[i]->login.easy == easy) {
+				login_done(d, d->provs[i], easy, code);
+				d->h->transfer_done(d->harg);   /* items may have moved */
+				return;
+			}
+		}
+	}
+	ps = j->ps;
 	d->ntransfers--;
 	curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
 	if (code == CURLE_OK) {
@@ -600,7 +871,16 @@ static void transfer_done(CURL *easy, CURLcode code, void *priv, void *arg)
 	if (code != CURLE_OK)
 		status = 0;
 	job_set_state(j, JOB_NEW);   /* between tries until the outcome says */
-	job_outcome(d, j, out, status, out == OUT_SUCCESS ? NULL : err);
+	if (status == 401 && !ps->removed && login_on(ps) && !d->stopping &&
+	    login_resend(d, ps, j)) {
+		/* the token was refused: again with the next one, the try not counted */
+		j->tries--;
+		j->tries_by[j->pidx]--;
+		request_release(j);
+		dispatch_route(d, j);
+	} else {
+		job_outcome(d, j, out, status, out == OUT_SUCCESS ? NULL : err);
+	}
 	/* a slot is free on ps, and one of max_inflight */
 	if (d->transfers_full)
 		wake_for_slot(d, ps);

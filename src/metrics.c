@@ -145,6 +145,25 @@ static void render_providers(Engine *e, StrBuf *sb)
 			sample2(sb, "batchd_breaker_transitions_total", "provider", engine_provider(e, i)->name,
 				"to", to[s], (double)engine_provider(e, i)->br.transitions[s]);
 	}
+	help(sb, "batchd_provider_login_total", "counter",
+	     "Logins of a provider with login_url, by result (ok: a token; error: none).");
+	for (int i = 0; i < np; i++) {
+		ProvState *ps = engine_provider(e, i);
+		if (!ps_live(ps) || !ps->cfg->login_url)
+			continue;
+		sample2(sb, "batchd_provider_login_total", "provider", ps->name, "result", "ok",
+			(double)ps->login.ok_total);
+		sample2(sb, "batchd_provider_login_total", "provider", ps->name, "result", "error",
+			(double)ps->login.err_total);
+	}
+	help(sb, "batchd_provider_login_token_valid", "gauge",
+	     "1 when a provider with login_url holds a token that has not expired, else 0.");
+	for (int i = 0; i < np; i++) {
+		ProvState *ps = engine_provider(e, i);
+		if (ps_live(ps) && ps->cfg->login_url)
+			sample1(sb, "batchd_provider_login_token_valid", "provider", ps->name,
+				login_usable(&ps->login, now) ? 1 : 0);
+	}
 	help(sb, "batchd_ratelimit_wait_seconds_total", "counter",
 	     "Time items spent waiting for a provider's token, slot or pause.");
 	for (int i = 0; i < np; i++)

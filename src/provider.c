@@ -57,6 +57,13 @@ static void wake_timer_cb(evutil_socket_t fd, short what, void *arg)
 	wake(arg);
 }
 
+static void login_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	ProvState *ps = arg;
+
+	ps->h->login_timer(ps, ps->harg);
+}
+
 /*
  * The concurrency window: slow start from breaker_failures (a provider
  * failing from the start gets that many requests before its breaker
@@ -108,6 +115,7 @@ ProvState *provider_new(struct event_base *base, Provider *p, int max_inflight,
 	limiter_init(&ps->lim, &lc, now);
 	ps->wake_timer = evtimer_new(base, wake_timer_cb, ps);
 	ps->br_timer = evtimer_new(base, br_timer_cb, ps);
+	login_init(&ps->login, base, login_timer_cb, ps);
 	return ps;
 }
 
@@ -116,6 +124,7 @@ void provider_free(ProvState *ps)
 	if (!ps)
 		return;
 	handle_pool_free(&ps->pool);
+	login_free(&ps->login);
 	event_free(ps->wake_timer);
 	event_free(ps->br_timer);
 	free(ps->name);
@@ -233,6 +242,10 @@ bool provider_window_full(const ProvState *ps, int64_t now)
 
 bool provider_can_start(ProvState *ps, int64_t now, int64_t *wait_us)
 {
+	if (ps->cfg->login_url && !login_usable(&ps->login, now)) {
+		*wait_us = -1;   /* the login's end wakes the provider */
+		return false;
+	}
 	if (ps->paused_until > now) {
 		*wait_us = ps->paused_until - now;
 		return false;
@@ -344,6 +357,16 @@ void provider_stats(ProvState *ps, ProviderStats *out)
 	out->concurrency_mode = ps->lim.cfg.adaptive ? "auto" : "fixed";
 	out->limiter_phase = limiter_phase_name(ps->lim.phase);
 	out->base_latency_us = limiter_base_latency_us(&ps->lim);
+	if (ps->cfg->login_url && !ps->removed) {
+		const Login *l = &ps->login;
+		out->login_state = login_state_name(l, now);
+		out->login_expires_in_ms = login_usable(l, now) && l->expires_at ?
+			(l->expires_at - now) / 1000 : -1;
+		out->logins = l->ok_total;
+		out->login_failures = l->err_total;
+		out->relogins_401 = l->relogins_401;
+		out->login_last_error = l->last_error;
+	}
 	for (int k = 0; k < PROVIDER_HISTORY_S; k++) {
 		int64_t s = sec - (PROVIDER_HISTORY_S - 1) + k;
 		int slot = (int)(s % PROVIDER_HISTORY_S);

@@ -233,19 +233,26 @@ static const char *accept_encoding_header(void)
  * one try to the next: no allocation per header. curl reads the list during
  * the transfer only; the job outlives its transfer.
  */
-static int job_headers(Job *j, const Provider *p, char *err, size_t errlen)
+static int job_headers(Job *j, const Provider *p, const char *token_header, char *err,
+		       size_t errlen)
 {
 	const char *fixed[4], *ae = accept_encoding_header();
 	size_t small[16], *offs = small;
 	int nfixed = 0, ndyn = 0, n, rc = -1;
 
 	sb_reset(&j->hbuf);
-	if (p->nheaders + 1 > (int)(sizeof(small) / sizeof(small[0])))
-		offs = xcalloc((size_t)p->nheaders + 1, sizeof(*offs));
+	if (p->nheaders + 2 > (int)(sizeof(small) / sizeof(small[0])))
+		offs = xcalloc((size_t)p->nheaders + 2, sizeof(*offs));
 	for (int i = 0; i < p->nheaders; i++) {
 		offs[ndyn++] = j->hbuf.len;
 		if (tmpl_render(p->headers[i], j->payload, TMPL_HEADER, &j->hbuf, err, errlen) < 0)
 			goto fail;
+		sb_putc(&j->hbuf, '\0');
+	}
+	if (token_header) {
+		/* the login's token (login.h), already rendered */
+		offs[ndyn++] = j->hbuf.len;
+		sb_puts(&j->hbuf, token_header);
 		sb_putc(&j->hbuf, '\0');
 	}
 	if (p->idempotency_header) {
@@ -286,7 +293,8 @@ fail:
 	return rc;
 }
 
-int request_prepare(Job *j, const Provider *p, HandlePool *pool, char *err, size_t errlen)
+int request_prepare(Job *j, const Provider *p, HandlePool *pool, const char *token_header,
+		    char *err, size_t errlen)
 {
 	CURL *c;
 
@@ -300,7 +308,7 @@ int request_prepare(Job *j, const Provider *p, HandlePool *pool, char *err, size
 	} else if (!is_method(p, "GET") && !is_method(p, "DELETE")) {
 		sb_puts(&j->body, j->payload_text);
 	}
-	if (job_headers(j, p, err, errlen) < 0)
+	if (job_headers(j, p, token_header, err, errlen) < 0)
 		return -1;
 
 	c = j->easy = pool_get(pool, p);

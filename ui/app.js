@@ -767,6 +767,26 @@
 		}
 	}
 
+	/* a provider with login_url: its token, shown beside the breaker */
+	function loginText(p) {
+		const l = p.login;
+		if (!l || typeof l !== 'object')
+			return '';
+		switch (l.state) {
+		case 'ready':
+		case 'refreshing':
+			return 'login ' + (l.state === 'ready' ? 'ok' : 'refreshing') +
+				(typeof l.expires_in_s === 'number' ? ', token expires in ' + fmtDuration(Math.max(0, l.expires_in_s)) : '');
+		case 'failed':
+		case 'refresh_failed':
+			return 'login failing' + (l.last_error ? ': ' + l.last_error : '');
+		case 'logging_in':
+			return 'logging in';
+		default:
+			return 'login ' + statusWord(l.state);
+		}
+	}
+
 	function makeProviderRow(name) {
 		const state = el('span', {class: 'badge'});
 		const stateExtra = el('span', {class: 'sub'});
@@ -824,7 +844,7 @@
 			setClass(u.state, 'badge br-' + br.cls);
 			const paused = typeof p.paused_for_s === 'number' && p.paused_for_s > 0 ?
 				'paused ' + fmtDuration(p.paused_for_s) + ' (Retry-After)' : '';
-			setText(u.stateExtra, [br.extra, paused].filter(Boolean).join('; '));
+			setText(u.stateExtra, [br.extra, paused, loginText(p)].filter(Boolean).join('; '));
 			setAttr(providerRows.get(String(p.name)), 'data-breaker', br.cls);
 
 			const series = Array.isArray(p.per_second) ? p.per_second.map(Number) : [];

@@ -20,6 +20,7 @@
 #ifndef BATCHD_CONFIG_H
 #define BATCHD_CONFIG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include "batchd/log.h"
 #include "batchd/util.h"
@@ -59,6 +60,24 @@ typedef struct Provider {
 	char **secret_headers;     /* header names redacted in logs (lower case);
 	                              Authorization always is */
 	int nsecret_headers;
+
+	/* login (login.h): a request whose answer holds a bearer token, sent
+	 * before the first item request and again before the token expires or
+	 * after a 401; NULL login_url: no login.  Values are expanded once per
+	 * load (${file:}, ${credential:}), so a reload re-reads them. */
+	char *login_url;           /* no placeholders */
+	char *login_method;        /* default POST */
+	char *login_body;          /* NULL: no body */
+	char *login_content_type;  /* default application/json (with a body) */
+	char **login_headers;      /* "Name: value" lines of the login request (login_header) */
+	int nlogin_headers;
+	char *login_token_field;   /* dotted path into the answer, default access_token */
+	char *login_expires_field; /* seconds the token lives, default expires_in */
+	int64_t login_token_lifetime_ms; /* when the answer says none; 0: until a 401 (default) */
+	int64_t login_refresh_margin_ms; /* refresh this long before expiry; -1 (default):
+	                                    min(60s, lifetime / 10) */
+	char *token_header;        /* what item requests carry: "Name: text{token}text",
+	                              default "Authorization: Bearer {token}" */
 
 	int line;                  /* line of the section header */
 } Provider;
@@ -113,6 +132,9 @@ Config *config_load(const char *path, char *err, size_t errlen) _MUSTCHECK;
 void config_free(Config *cfg);
 
 Provider *config_find_provider(const Config *cfg, const char *name);
+/* Do a and b log in the same way, with the same credentials (a reload
+ * that changes nothing of it keeps the token)? */
+bool config_login_equal(const Provider *a, const Provider *b);
 Route *config_find_route(const Config *cfg, const char *name);
 
 #endif /* BATCHD_CONFIG_H */

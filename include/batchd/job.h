@@ -71,6 +71,8 @@ typedef struct Job {
 	struct event *retry_timer;
 	char *last_error;
 	long last_status;
+	uint64_t login_gen;        /* the provider's token generation this try carried */
+	bool auth_resent;          /* sent again once after a 401 to a current token */
 
 	/* the transfer (request.c) */
 	CURL *easy;

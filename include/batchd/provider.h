@@ -26,6 +26,7 @@
 #include "batchd/config.h"
 #include "batchd/job.h"
 #include "batchd/limiter.h"
+#include "batchd/login.h"
 #include "batchd/ratelimit.h"
 #include "batchd/request.h"
 
@@ -51,6 +52,11 @@ struct ProviderStats {
 	const char *concurrency_mode;  /* "fixed" or "auto" */
 	const char *limiter_phase;   /* "slow_start" or "steady" */
 	int64_t base_latency_us;     /* auto: the no-load latency, 0: not yet */
+	/* login (login_url set; else login_state NULL) */
+	const char *login_state;     /* login_state_name() */
+	int64_t login_expires_in_ms; /* -1: no token or no expiry known */
+	uint64_t logins, login_failures, relogins_401;
+	const char *login_last_error;/* "" when the last login succeeded */
 };
 
 /* Latency histogram bucket upper bounds, seconds (Prometheus style). */
@@ -60,6 +66,8 @@ extern const double lat_bucket_le[LAT_BUCKETS];
 typedef struct ProvHandlers {
 	/* jobs waiting at ps may be able to go, or must move on */
 	void (*wake)(ProvState *ps, void *arg);
+	/* the login's timer fired: refresh the token, or retry a failed login */
+	void (*login_timer)(ProvState *ps, void *arg);
 } ProvHandlers;
 
 struct ProvState {
@@ -78,6 +86,7 @@ struct ProvState {
 	bool removed;              /* gone from the config at a reload */
 	double share;              /* this worker's share of the rate (fleet) */
 	HandlePool pool;           /* idle easy handles set up for cfg */
+	Login login;               /* with cfg->login_url: the token (login.h) */
 	const ProvHandlers *h;
 	void *harg;
 
@@ -117,9 +126,9 @@ Job *provider_pop(ProvState *ps);
 void provider_unqueue(ProvState *ps, Job *j);
 
 /*
- * May a request start now (pause, concurrency window, tokens)?  Takes the
- * token on yes.  On no, *wait_us says when to look again (-1: when one of
- * its transfers ends).
+ * May a request start now (login token, pause, concurrency window, tokens)?
+ * Takes the token on yes.  On no, *wait_us says when to look again (-1: when
+ * one of its transfers ends, or its login does).
  */
 bool provider_can_start(ProvState *ps, int64_t now, int64_t *wait_us);
 /* Is the concurrency window full (a transfer must end first)? */

@@ -33,11 +33,13 @@ void handle_pool_close(HandlePool *p);                /* provider removed */
 void handle_pool_free(HandlePool *p);
 
 /*
- * Render j's request for provider section p on a handle from pool.  The job
- * must hold no handle (request_release first).  -1 with err set when the
- * payload does not fit the provider's templates.
+ * Render j's request for provider section p on a handle from pool, with
+ * token_header (the login's "Authorization: Bearer ..." line, or NULL) among
+ * its headers.  The job must hold no handle (request_release first).  -1
+ * with err set when the payload does not fit the provider's templates.
  */
-int request_prepare(Job *j, const Provider *p, HandlePool *pool, char *err, size_t errlen);
+int request_prepare(Job *j, const Provider *p, HandlePool *pool, const char *token_header,
+		    char *err, size_t errlen);
 /* Give the handle back and forget the answer (keeps buffers for reuse). */
 void request_release(Job *j);
 

@@ -316,6 +316,11 @@ def test_account_sync(new_database, tmp_path):
     assert fresh == total - 1
     assert res["changes_left"] == 0
     assert res["retried_calls"] == 2                           # two calls failed once
+    # every call carried a token from the login; refreshed before expiry
+    # (5 s tokens), none was refused
+    assert res["login"]["logins"] >= 1 and res["login"]["login_failures"] == 0, res["login"]
+    assert res["login"]["unauthorized"] == 0, res["login"]
+    assert res["login"]["authorized"] == total + res["retried_calls"], res["login"]
     # sequential per account (group_concurrency 1, group_rate 1/s), parallel across
     assert res["overlaps"] == 0
     assert res["min_gap_s"] >= 0.9

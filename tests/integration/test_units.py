@@ -328,6 +328,13 @@ def test_ini_page_examples_pass_check_config(tmp_path):
         path.write_text(cfg)
         env = batchd_env({v: "x" for v in variables})
         env["BATCHD_DATABASE"] = "dbname=example"  # for examples without [batchd]
+        creds = set(re.findall(r"\$\{credential:(\w+)\}", cfg))
+        if creds:  # as systemd's LoadCredential= would provide them
+            cdir = tmp_path / f"creds{i}"
+            cdir.mkdir()
+            for c in creds:
+                (cdir / c).write_text("x")
+            env["CREDENTIALS_DIRECTORY"] = str(cdir)
         r = subprocess.run([batchd, "--check-config", "-c", str(path)], env=env,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, f"example {i} of batchd.ini(5):\n{cfg}\n{r.stderr}"

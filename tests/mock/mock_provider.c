@@ -1948,6 +1948,204 @@ static size_t cap_len(size_t n)
 	return n > LOG_STR_MAX ? LOG_STR_MAX : n;
 }
 
+/* --------------------------------------------------------- login (auth) */
+
+/*
+ * A login endpoint and bearer tokens (POST /_mock/login, /_mock/auth): the
+ * mock hands out fresh random tokens to a client that names the configured
+ * user and password, and with "require" on answers 401 to every provider
+ * request without a currently valid one.  Tokens live lifetime_s seconds
+ * (0: until revoked).  "revoke" forgets them all (a rotation server-side).
+ */
+typedef struct {
+	char tok[33];
+	int64_t exp_us;          /* 0: no expiry */
+} token_t;
+
+static struct {
+	char *user, *password;   /* NULL: any */
+	long lifetime_s;         /* default 3600; 0: no expiry, no expires_in */
+	bool require;            /* provider requests need a valid token */
+	bool nested;             /* answer {"data":{"token":..,"ttl":..}} */
+	int login_status;        /* 0: normal; else answer logins with it */
+	long login_latency_ms;
+	token_t *tokens;
+	size_t ntokens, cap;
+	uint64_t logins, login_failures, unauthorized, authorized;
+} g_auth = { NULL, NULL, 3600, false, false, 0, 0, NULL, 0, 0, 0, 0, 0, 0 };
+
+static void auth_free(void)
+{
+	free(g_auth.user);
+	free(g_auth.password);
+	free(g_auth.tokens);
+}
+
+/* Is "Bearer TOKEN" one of ours, alive? */
+static bool auth_ok(struct evkeyvalq *ih)
+{
+	const char *h = evhttp_find_header(ih, "Authorization");
+	int64_t now = now_us();
+
+	if (!h || strncmp(h, "Bearer ", 7) != 0)
+		return false;
+	h += 7;
+	for (size_t i = 0; i < g_auth.ntokens; i++)
+		if (!strcmp(g_auth.tokens[i].tok, h))
+			return g_auth.tokens[i].exp_us == 0 || now < g_auth.tokens[i].exp_us;
+	return false;
+}
+
+static const char *jv_str_member(const jv *o, const char *name)
+{
+	for (size_t i = 0; o && o->t == JT_OBJ && i < o->n; i++)
+		if (strlen(name) == o->klens[i] && !memcmp(o->keys[i], name, o->klens[i]))
+			return o->vals[i]->t == JT_STR ? o->vals[i]->s : NULL;
+	return NULL;
+}
+
+static int body_json(struct evhttp_request *req, jv **out);
+
+static void ctl_login(struct evhttp_request *req)
+{
+	jv *body = NULL;
+	const char *u, *pw;
+	sb_t s;
+
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		send_error(req, 405, "use POST");
+		return;
+	}
+	if (g_auth.login_status) {
+		g_auth.login_failures++;
+		send_error(req, g_auth.login_status, "mock login_status");
+		return;
+	}
+	if (body_json(req, &body))
+		return;
+	u = jv_str_member(body, "user");
+	pw = jv_str_member(body, "password");
+	if ((g_auth.user && (!u || strcmp(u, g_auth.user))) ||
+	    (g_auth.password && (!pw || strcmp(pw, g_auth.password)))) {
+		jv_free(body);
+		g_auth.login_failures++;
+		send_error(req, 401, "bad credentials");
+		return;
+	}
+	jv_free(body);
+	if (g_auth.ntokens == g_auth.cap) {
+		g_auth.cap = g_auth.cap ? g_auth.cap * 2 : 16;
+		g_auth.tokens = xrealloc(g_auth.tokens, g_auth.cap * sizeof(token_t));
+	}
+	token_t *t = &g_auth.tokens[g_auth.ntokens++];
+	snprintf(t->tok, sizeof t->tok, "%016llx%016llx", (unsigned long long)rng_next(),
+	    (unsigned long long)rng_next());
+	t->exp_us = g_auth.lifetime_s > 0 ? now_us() + g_auth.lifetime_s * 1000000LL : 0;
+	g_auth.logins++;
+	sb_init(&s);
+	sb_puts(&s, g_auth.nested ? "{\"data\":{\"token\":\"" : "{\"access_token\":\"");
+	sb_puts(&s, t->tok);
+	sb_puts(&s, "\",\"token_type\":\"Bearer\"");
+	if (g_auth.lifetime_s > 0) {
+		sb_puts(&s, g_auth.nested ? ",\"ttl\":\"" : ",\"expires_in\":");
+		sb_i64(&s, g_auth.lifetime_s);
+		if (g_auth.nested)
+			sb_putc(&s, '"');
+	}
+	sb_puts(&s, g_auth.nested ? "}}\n" : "}\n");
+	send_sb(req, 200, &s, "application/json");
+}
+
+static void set_str(char **dst, const jv *v)
+{
+	free(*dst);
+	*dst = v->t == JT_STR ? xstrndup(v->s, v->slen) : NULL;
+}
+
+/* GET: the figures; POST: change the settings (user, password, lifetime_s,
+ * require, nested, login_status, revoke) and answer the figures. */
+static void ctl_auth(struct evhttp_request *req)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	sb_t s;
+
+	if (cmd == EVHTTP_REQ_POST) {
+		jv *b;
+		if (body_json(req, &b))
+			return;
+		/* validate first: all or nothing */
+		for (size_t i = 0; b && i < b->n; i++) {
+			const char *k = b->keys[i];
+			const jv *v = b->vals[i];
+			bool ok;
+			if (!strcmp(k, "user") || !strcmp(k, "password"))
+				ok = v->t == JT_STR || v->t == JT_NULL;
+			else if (!strcmp(k, "lifetime_s"))
+				ok = v->t == JT_NUM && v->integral && v->num >= 0 && v->num <= 86400;
+			else if (!strcmp(k, "login_status"))
+				ok = v->t == JT_NUM && v->integral && (v->num == 0 ||
+				    (v->num >= 200 && v->num <= 599));
+			else if (!strcmp(k, "require") || !strcmp(k, "nested") || !strcmp(k, "revoke"))
+				ok = v->t == JT_BOOL;
+			else {
+				jv_free(b);
+				send_error(req, 400, "unknown auth key");
+				return;
+			}
+			if (!ok) {
+				jv_free(b);
+				send_error(req, 400, "bad auth value");
+				return;
+			}
+		}
+		for (size_t i = 0; b && i < b->n; i++) {
+			const char *k = b->keys[i];
+			const jv *v = b->vals[i];
+			if (!strcmp(k, "user"))
+				set_str(&g_auth.user, v);
+			else if (!strcmp(k, "password"))
+				set_str(&g_auth.password, v);
+			else if (!strcmp(k, "lifetime_s"))
+				g_auth.lifetime_s = (long)v->num;
+			else if (!strcmp(k, "login_status"))
+				g_auth.login_status = (int)v->num;
+			else if (!strcmp(k, "require"))
+				g_auth.require = v->b;
+			else if (!strcmp(k, "nested"))
+				g_auth.nested = v->b;
+			else if (!strcmp(k, "revoke") && v->b)
+				g_auth.ntokens = 0;
+		}
+		jv_free(b);
+	} else if (cmd != EVHTTP_REQ_GET) {
+		send_error(req, 405, "use GET or POST");
+		return;
+	}
+	sb_init(&s);
+	sb_puts(&s, "{\"logins\":");
+	sb_u64(&s, g_auth.logins);
+	sb_puts(&s, ",\"login_failures\":");
+	sb_u64(&s, g_auth.login_failures);
+	sb_puts(&s, ",\"unauthorized\":");
+	sb_u64(&s, g_auth.unauthorized);
+	sb_puts(&s, ",\"authorized\":");
+	sb_u64(&s, g_auth.authorized);
+	sb_puts(&s, ",\"require\":");
+	sb_puts(&s, g_auth.require ? "true" : "false");
+	sb_puts(&s, ",\"lifetime_s\":");
+	sb_i64(&s, g_auth.lifetime_s);
+	sb_puts(&s, ",\"tokens\":[");
+	for (size_t i = 0; i < g_auth.ntokens; i++) {
+		if (i)
+			sb_putc(&s, ',');
+		sb_putc(&s, '"');
+		sb_puts(&s, g_auth.tokens[i].tok);
+		sb_putc(&s, '"');
+	}
+	sb_puts(&s, "]}\n");
+	send_sb(req, 200, &s, "application/json");
+}
+
 /* Every request outside /_mock/. */
 static void handle_provider(struct evhttp_request *req, const char *path,
     const struct evhttp_uri *uri)
@@ -2086,7 +2284,18 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 			cap = CAP_QUEUED;
 	}
 
-	if (e.iv[F_DOWN])
+	bool unauth = false;
+	if (g_auth.require) {
+		unauth = !auth_ok(ih);
+		if (unauth)
+			g_auth.unauthorized++;
+		else
+			g_auth.authorized++;
+	}
+	if (unauth) {
+		why = "unauthorized";
+		delay = 0;
+	} else if (e.iv[F_DOWN])
 		why = "down";
 	else if (in_model && cap == CAP_NONE) {
 		why = "overflow";
@@ -2100,7 +2309,7 @@ static void handle_provider(struct evhttp_request *req, const char *path,
 	sb_init(&s);
 	if (why) {
 		status = !strcmp(why, "overflow") ? (int)g_cap.overflow_status :
-		    (int)e.iv[F_ESTATUS];
+		    unauth ? 401 : (int)e.iv[F_ESTATUS];
 		ctype = "application/json";
 		sb_puts(&s, "{\"error\":\"mock ");
 		sb_puts(&s, why);
@@ -2490,6 +2699,10 @@ static void handle_control(struct evhttp_request *req, const char *what,
 
 	if (!strcmp(what, "config")) {
 		ctl_config(req);
+	} else if (!strcmp(what, "login")) {
+		ctl_login(req);
+	} else if (!strcmp(what, "auth")) {
+		ctl_auth(req);
 	} else if (!strcmp(what, "reset")) {
 		ctl_reset(req);
 	} else if (!strcmp(what, "stats") || !strcmp(what, "requests") ||
@@ -2774,5 +2987,6 @@ int main(int argc, char **argv)
 	idcfg_clear();
 	behav_clear(&g_cfg);
 	free(st.per_sec);
+	auth_free();
 	return 0;
 }

@@ -1138,6 +1138,48 @@ static void test_max_concurrency_auto(void **state)
 	}
 }
 
+/* Login keys: defaults filled, and what a reload compares. */
+static void test_login_keys(void **state)
+{
+	const char *base = "[batchd]\ndatabase = x\n[provider p]\nurl = http://h/i/{id}\n"
+		"login_url = https://auth.example/token\nlogin_body = {\"a\": 1}\n"
+		"[route r]\nproviders = p\n";
+	const char *other = "[batchd]\ndatabase = x\n[provider p]\nurl = http://h/i/{id}\n"
+		"login_url = https://auth.example/token\nlogin_body = {\"a\": 2}\n"
+		"[route r]\nproviders = p\n";
+	const char *none = "[batchd]\ndatabase = x\n[provider p]\nurl = http://h/i/{id}\n"
+		"[route r]\nproviders = p\n";
+	Config *a, *a2, *b, *c;
+	Provider *p;
+
+	(void)state;
+	a = load_ok(base);
+	a2 = load_ok(base);
+	b = load_ok(other);
+	c = load_ok(none);
+	p = a->providers[0];
+	assert_string_equal(p->login_method, "POST");
+	assert_string_equal(p->login_content_type, "application/json");
+	assert_string_equal(p->login_token_field, "access_token");
+	assert_string_equal(p->login_expires_field, "expires_in");
+	assert_string_equal(p->token_header, "Authorization: Bearer {token}");
+	assert_int_equal(p->login_token_lifetime_ms, 0);
+	assert_int_equal(p->login_refresh_margin_ms, -1);
+	assert_null(c->providers[0]->login_url);
+	assert_null(c->providers[0]->token_header);
+	assert_true(config_login_equal(a->providers[0], a2->providers[0]));
+	assert_false(config_login_equal(a->providers[0], b->providers[0]));
+	assert_false(config_login_equal(a->providers[0], c->providers[0]));
+	assert_true(config_login_equal(c->providers[0], c->providers[0]));
+	config_free(a);
+	config_free(a2);
+	config_free(b);
+	config_free(c);
+	load_err("[batchd]\ndatabase = x\n[provider p]\nurl = http://h/i/{id}\n"
+		 "login_token_field = t\n[route r]\nproviders = p\n", 5,
+		 "login_token_field needs login_url in [provider p]");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1166,6 +1208,7 @@ int main(void)
 		cmocka_unit_test_setup(test_errors_validation, setup),
 		cmocka_unit_test_setup(test_missing_file, setup),
 		cmocka_unit_test_setup(test_long_line, setup),
+		cmocka_unit_test_setup(test_login_keys, setup),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,11 +7,13 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
 #include "batchd/dispatch.h"
 #include "batchd/job.h"
+#include "batchd/login.h"
 #include "batchd/provider.h"
 
 static Provider prov(void)
@@ -139,7 +141,10 @@ static void on_wake(ProvState *ps, void *arg)
 {
 	wakes++;
 }
-static const ProvHandlers handlers = { on_wake };
+static void on_login_timer(ProvState *ps, void *arg)
+{
+}
+static const ProvHandlers handlers = { on_wake, on_login_timer };
 
 static void test_provider_queue(void **state)
 {
@@ -297,6 +302,82 @@ static void test_provider_slow_start(void **state)
 	event_base_free(base);
 }
 
+/* The login answer: token at a dotted path, lifetime as number or string. */
+static void test_login_answer(void **state)
+{
+	char err[300], *tok;
+	double life;
+	const char *ok = "{\"access_token\":\"abc\",\"expires_in\":120}";
+	const char *nested = "{\"data\":{\"token\":\"t-1\",\"ttl\":\"30\"}}";
+
+	(void)state;
+	assert_int_equal(login_parse_answer(ok, strlen(ok), 200, "access_token", "expires_in",
+					    &tok, &life, err, sizeof(err)), 0);
+	assert_string_equal(tok, "abc");
+	assert_true(life == 120);
+	free(tok);
+	assert_int_equal(login_parse_answer(nested, strlen(nested), 201, "data.token", "data.ttl",
+					    &tok, &life, err, sizeof(err)), 0);
+	assert_string_equal(tok, "t-1");
+	assert_true(life == 30);
+	free(tok);
+	/* no lifetime: -1 */
+	assert_int_equal(login_parse_answer("{\"access_token\":\"x\"}", 20, 200, "access_token",
+					    "expires_in", &tok, &life, err, sizeof(err)), 0);
+	assert_true(life == -1);
+	free(tok);
+
+	assert_int_equal(login_parse_answer(ok, strlen(ok), 401, "access_token", "expires_in",
+					    &tok, &life, err, sizeof(err)), -1);
+	assert_string_equal(err, "login answered HTTP 401");
+	assert_null(tok);
+	assert_int_equal(login_parse_answer("{nope", 5, 200, "access_token", "expires_in",
+					    &tok, &life, err, sizeof(err)), -1);
+	assert_string_equal(err, "login answer is not JSON");
+	assert_int_equal(login_parse_answer("[1]", 3, 200, "access_token", "expires_in",
+					    &tok, &life, err, sizeof(err)), -1);
+	assert_string_equal(err, "login answer is not a JSON object");
+	assert_int_equal(login_parse_answer("{\"token\":\"x\"}", 13, 200, "access_token",
+					    "expires_in", &tok, &life, err, sizeof(err)), -1);
+	assert_string_equal(err, "login answer has no field access_token");
+	assert_int_equal(login_parse_answer("{\"access_token\":5}", 18, 200, "access_token",
+					    "expires_in", &tok, &life, err, sizeof(err)), -1);
+	assert_string_equal(err, "login answer's access_token is not a non-empty string");
+	assert_int_equal(login_parse_answer("{\"access_token\":\"a\\nb\"}", 23, 200,
+					    "access_token", "expires_in", &tok, &life, err,
+					    sizeof(err)), -1);
+	assert_string_equal(err, "login answer's access_token has a control character");
+	assert_int_equal(login_parse_answer("{\"access_token\":\"a\",\"expires_in\":-5}", 36, 200,
+					    "access_token", "expires_in", &tok, &life, err,
+					    sizeof(err)), -1);
+	assert_string_equal(err, "login answer's expires_in is out of range (-5)");
+	assert_int_equal(login_parse_answer("{\"access_token\":\"a\",\"expires_in\":\"soon\"}", 40,
+					    200, "access_token", "expires_in", &tok, &life, err,
+					    sizeof(err)), -1);
+	assert_string_equal(err, "login answer's expires_in is not a number");
+	assert_null(strstr(err, "\"a\""));
+}
+
+static void test_login_header_and_refresh(void **state)
+{
+	char *h;
+
+	(void)state;
+	h = login_render_header("Authorization: Bearer {token}", "T0K");
+	assert_string_equal(h, "Authorization: Bearer T0K");
+	free(h);
+	h = login_render_header("X-Auth: tok={token};v=1", "abc");
+	assert_string_equal(h, "X-Auth: tok=abc;v=1");
+	free(h);
+	/* margin given: lifetime - margin, at least half the lifetime */
+	assert_int_equal(login_refresh_in_us(2000000, 1000), 1000000);
+	assert_int_equal(login_refresh_in_us(2000000, 1900), 1000000);
+	assert_int_equal(login_refresh_in_us(3600000000LL, 120000), 3480000000LL);
+	/* default: a tenth, at most 60 s */
+	assert_int_equal(login_refresh_in_us(100000000, -1), 90000000);
+	assert_int_equal(login_refresh_in_us(3600000000LL, -1), 3540000000LL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -308,6 +389,8 @@ int main(void)
 		cmocka_unit_test(test_provider_queue),
 		cmocka_unit_test(test_provider_gate),
 		cmocka_unit_test(test_provider_slow_start),
+		cmocka_unit_test(test_login_answer),
+		cmocka_unit_test(test_login_header_and_refresh),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
