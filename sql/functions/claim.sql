@@ -541,7 +541,7 @@ COMMENT ON FUNCTION batchd.claim_items(uuid, text[], int, int, bigint) IS
 --   (3) Free slots (N minus the route's slots) go to the route's other
 --       unfinished batches with items left: those already started
 --       (processing: e.g. running before batch_concurrency was set) first,
---       then by priority (highest first), then oldest.
+--       then by priority (highest first), then oldest (submitted first).
 --   (4) The batches served now: the route's first N slots by the time they
 --       were taken (after a reload that lowered N, the others wait, slot
 --       kept, until enough of those ahead have ended).
@@ -605,14 +605,24 @@ BEGIN
                            FROM batchd.batch_slots AS s
                           WHERE s.route = u.route) AS held
      CROSS JOIN LATERAL (
-            SELECT b.id
-              FROM batchd.batches AS b
-             WHERE b.route = u.route
-               AND b.status IN ('pending', 'processing')
-               AND b.finished_at IS NULL
-               AND b.succeeded + b.failed + b.cancelled < b.total
-               AND NOT EXISTS (SELECT 1 FROM batchd.batch_slots AS s WHERE s.batch_id = b.id)
-             ORDER BY b.status = 'processing' DESC, b.priority DESC, b.created_at, b.id
+            -- Batches submitted in one transaction have one created_at: among
+            -- those, the first submitted (its first item's id) goes first, as
+            -- its items do in the head claim; WITH TIES keeps those lookups
+            -- to the few batches that can be chosen.
+            SELECT t.id
+              FROM (SELECT b.id, b.status, b.priority, b.created_at
+                      FROM batchd.batches AS b
+                     WHERE b.route = u.route
+                       AND b.status IN ('pending', 'processing')
+                       AND b.finished_at IS NULL
+                       AND b.succeeded + b.failed + b.cancelled < b.total
+                       AND NOT EXISTS (SELECT 1 FROM batchd.batch_slots AS s
+                                        WHERE s.batch_id = b.id)
+                     ORDER BY b.status = 'processing' DESC, b.priority DESC, b.created_at
+                     FETCH FIRST (greatest(u.conc - held.n, 0)) ROWS WITH TIES) AS t
+             ORDER BY t.status = 'processing' DESC, t.priority DESC, t.created_at,
+                      (SELECT i.id FROM batchd.items AS i
+                        WHERE i.batch_id = t.id AND i.seq = 0) NULLS LAST, t.id
              LIMIT greatest(u.conc - held.n, 0)) AS c
      WHERE held.n < u.conc;
 
