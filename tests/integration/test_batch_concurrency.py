@@ -285,3 +285,68 @@ def test_zero_and_unset_are_valid(tmp_path):
                                   {"p": {"url": "http://127.0.0.1:9/item/{id}"}}, {ROUTE: keys}))
         r = run_batchd(["--check-config", "-c", path])
         assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ migration 015
+
+def test_migration_015_down_and_up(db, conn, tmp_path):
+    from conftest import migrate
+
+    def objects():
+        fns = {r["proname"] for r in conn.execute(
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'batchd'::regnamespace")}
+        tables = {r["relname"] for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'batchd'::regnamespace")}
+        return fns & {"claim_items_shared", "claim_batch_slots"}, tables & {"batch_slots"}
+
+    assert objects() == ({"claim_items_shared", "claim_batch_slots"}, {"batch_slots"})
+    down = conn.execute("SELECT count(*) AS n FROM batchd.schema_migrations "
+                        "WHERE version >= 15").fetchone()["n"]
+    migrate(db.conninfo, str(tmp_path), down=down)
+    assert objects() == (set(), set())
+    migrate(db.conninfo, str(tmp_path))
+    assert objects() == ({"claim_items_shared", "claim_batch_slots"}, {"batch_slots"})
+    # and it claims: two batches, one slot, fair share within it
+    a = submit(conn, TENANT, ROUTE, items(3, "a"))
+    submit(conn, TENANT, ROUTE, items(3, "b"))
+    w = "00000000-0000-0000-0000-0000000000aa"
+    conn.execute("INSERT INTO batchd.workers (id, hostname, pid, version) "
+                 "VALUES (%s, 'h', 1, 'test')", (w,))
+    rows = conn.execute("SELECT * FROM batchd.claim_items_shared(%s, %s, 10, %s, '{1}', "
+                        "'{}', '{}', '{}')", (w, [ROUTE], [ROUTE])).fetchall()
+    assert [str(r["batch_id"]) for r in rows] == [a] * 3
+    # bad arrays are refused
+    with pytest.raises(Exception, match="same length"):
+        conn.execute("SELECT * FROM batchd.claim_items_shared(%s, %s, 10, %s, '{1,2}', "
+                     "'{}', '{}', '{}')", (w, [ROUTE], [ROUTE]))
+
+
+def test_claim_is_shared_round_robin(conn):
+    """The SQL alone: batch_concurrency 2 over a 20-item and a 3-item batch
+    (and a third that waits): each claim split evenly, returned round-robin;
+    what the small one cannot fill goes to the large one."""
+    big = submit(conn, TENANT, ROUTE, items(20, "big"))
+    small = submit(conn, TENANT, ROUTE, items(3, "small"))
+    third = submit(conn, TENANT, ROUTE, items(3, "third"))
+    w = "00000000-0000-0000-0000-0000000000bb"
+    conn.execute("INSERT INTO batchd.workers (id, hostname, pid, version) "
+                 "VALUES (%s, 'h', 1, 'test')", (w,))
+
+    def claim(n):
+        rows = conn.execute("SELECT * FROM batchd.claim_items_shared(%s, %s, %s, %s, '{2}', "
+                            "'{}', '{}', '{}')", (w, [ROUTE], n, [ROUTE])).fetchall()
+        return [{big: "B", small: "s", third: "t"}[str(r["batch_id"])] for r in rows]
+
+    assert claim(4) == ["B", "s", "B", "s"]
+    assert claim(5) == ["B", "s", "B", "B", "B"]
+    assert claim(3) == ["B", "B", "B"]          # the small one has nothing queued
+    slots = {str(r["batch_id"]) for r in conn.execute("SELECT batch_id FROM batchd.batch_slots")}
+    assert slots == {big, small}
+    # the small batch ends: its slot goes to the third at the next claim
+    conn.execute("UPDATE batchd.items SET status = 'succeeded', finished_at = now() "
+                 "WHERE batch_id = %s", (small,))
+    conn.execute("UPDATE batchd.batches SET succeeded = 3, status = 'completed', "
+                 "finished_at = now() WHERE id = %s", (small,))
+    assert claim(4) == ["B", "t", "B", "t"]
+    slots = {str(r["batch_id"]) for r in conn.execute("SELECT batch_id FROM batchd.batch_slots")}
+    assert slots == {big, third}
