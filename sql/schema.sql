@@ -482,7 +482,7 @@ BEGIN
     -- (3)
     INSERT INTO batchd.batch_slots (batch_id, route)
     SELECT c.id, u.route
-      FROM unnest(p_routes, p_conc) AS u(route, conc)
+      FROM unnest(p_routes, p_conc) WITH ORDINALITY AS u(route, conc, rk)
      CROSS JOIN LATERAL (SELECT count(*)::int AS n
                            FROM batchd.batch_slots AS s
                           WHERE s.route = u.route) AS held
@@ -491,22 +491,28 @@ BEGIN
             -- those, the first submitted (its first item's id) goes first, as
             -- its items do in the head claim; WITH TIES keeps those lookups
             -- to the few batches that can be chosen.
-            SELECT t.id
-              FROM (SELECT b.id, b.status, b.priority, b.created_at
-                      FROM batchd.batches AS b
-                     WHERE b.route = u.route
-                       AND b.status IN ('pending', 'processing')
-                       AND b.finished_at IS NULL
-                       AND b.succeeded + b.failed + b.cancelled < b.total
-                       AND NOT EXISTS (SELECT 1 FROM batchd.batch_slots AS s
-                                        WHERE s.batch_id = b.id)
-                     ORDER BY b.status = 'processing' DESC, b.priority DESC, b.created_at
-                     FETCH FIRST (greatest(u.conc - held.n, 0)) ROWS WITH TIES) AS t
-             ORDER BY t.status = 'processing' DESC, t.priority DESC, t.created_at,
-                      (SELECT i.id FROM batchd.items AS i
-                        WHERE i.batch_id = t.id AND i.seq = 0) NULLS LAST, t.id
+            SELECT t.id,
+                   row_number() OVER (ORDER BY t.status = 'processing' DESC, t.priority DESC,
+                                               t.created_at, t.first_item NULLS LAST,
+                                               t.id) AS pick
+              FROM (SELECT b.id, b.status, b.priority, b.created_at,
+                           (SELECT i.id FROM batchd.items AS i
+                             WHERE i.batch_id = b.id AND i.seq = 0) AS first_item
+                      FROM (SELECT b.id, b.status, b.priority, b.created_at
+                              FROM batchd.batches AS b
+                             WHERE b.route = u.route
+                               AND b.status IN ('pending', 'processing')
+                               AND b.finished_at IS NULL
+                               AND b.succeeded + b.failed + b.cancelled < b.total
+                               AND NOT EXISTS (SELECT 1 FROM batchd.batch_slots AS s
+                                                WHERE s.batch_id = b.id)
+                             ORDER BY b.status = 'processing' DESC, b.priority DESC,
+                                      b.created_at
+                             FETCH FIRST (greatest(u.conc - held.n, 0)) ROWS WITH TIES) AS b) AS t
+             ORDER BY pick
              LIMIT greatest(u.conc - held.n, 0)) AS c
-     WHERE held.n < u.conc;
+     WHERE held.n < u.conc
+     ORDER BY u.rk, c.pick;     -- slot_order follows the choice
 
     -- (4) With the batch's first and last item ids (submit_batch inserts a
     -- batch's items in seq order, so ids grow with seq; a batch without
@@ -523,10 +529,10 @@ BEGIN
                             9223372036854775807) AS hi
               FROM unnest(p_routes, p_conc) WITH ORDINALITY AS u(route, conc, rk)
              CROSS JOIN LATERAL (
-                    SELECT s.batch_id, row_number() OVER (ORDER BY s.acquired_at, s.batch_id) AS pos
+                    SELECT s.batch_id, row_number() OVER (ORDER BY s.slot_order) AS pos
                       FROM batchd.batch_slots AS s
                      WHERE s.route = u.route
-                     ORDER BY s.acquired_at, s.batch_id
+                     ORDER BY s.slot_order
                      LIMIT u.conc) AS s
               JOIN batchd.batches AS b ON b.id = s.batch_id) AS a;
 
@@ -3372,7 +3378,8 @@ ALTER TABLE batchd.batch_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
 CREATE TABLE batchd.batch_slots (
     batch_id uuid NOT NULL,
     route text NOT NULL,
-    acquired_at timestamp with time zone DEFAULT now() NOT NULL
+    acquired_at timestamp with time zone DEFAULT now() NOT NULL,
+    slot_order bigint NOT NULL
 );
 
 --
@@ -3380,6 +3387,19 @@ CREATE TABLE batchd.batch_slots (
 --
 
 COMMENT ON TABLE batchd.batch_slots IS 'Batches that hold one of their route''s batch_concurrency slots (claim_items_shared is the only writer)';
+
+--
+-- Name: batch_slots_slot_order_seq; Type: SEQUENCE; Schema: batchd; Owner: -
+--
+
+ALTER TABLE batchd.batch_slots ALTER COLUMN slot_order ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME batchd.batch_slots_slot_order_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 
 --
 -- Name: items; Type: TABLE; Schema: batchd; Owner: -
@@ -3740,7 +3760,7 @@ CREATE INDEX batch_events_batch_idx ON batchd.batch_events USING btree (batch_id
 -- Name: batch_slots_route_idx; Type: INDEX; Schema: batchd; Owner: -
 --
 
-CREATE INDEX batch_slots_route_idx ON batchd.batch_slots USING btree (route, acquired_at, batch_id);
+CREATE INDEX batch_slots_route_idx ON batchd.batch_slots USING btree (route, slot_order);
 
 --
 -- Name: batches_active_route_idx; Type: INDEX; Schema: batchd; Owner: -

@@ -542,8 +542,8 @@ COMMENT ON FUNCTION batchd.claim_items(uuid, text[], int, int, bigint) IS
 --       unfinished batches with items left: those already started
 --       (processing: e.g. running before batch_concurrency was set) first,
 --       then by priority (highest first), then oldest (submitted first).
---   (4) The batches served now: the route's first N slots by the time they
---       were taken (after a reload that lowered N, the others wait, slot
+--   (4) The batches served now: the route's first N slots in the order they
+--       were handed out (after a reload that lowered N, the others wait, slot
 --       kept, until enough of those ahead have ended).
 --   (5) Fair share: the limit is split evenly between those batches (the
 --       first ones get one more when it does not divide), each one's share
@@ -600,7 +600,7 @@ BEGIN
     -- (3)
     INSERT INTO batchd.batch_slots (batch_id, route)
     SELECT c.id, u.route
-      FROM unnest(p_routes, p_conc) AS u(route, conc)
+      FROM unnest(p_routes, p_conc) WITH ORDINALITY AS u(route, conc, rk)
      CROSS JOIN LATERAL (SELECT count(*)::int AS n
                            FROM batchd.batch_slots AS s
                           WHERE s.route = u.route) AS held
@@ -609,22 +609,28 @@ BEGIN
             -- those, the first submitted (its first item's id) goes first, as
             -- its items do in the head claim; WITH TIES keeps those lookups
             -- to the few batches that can be chosen.
-            SELECT t.id
-              FROM (SELECT b.id, b.status, b.priority, b.created_at
-                      FROM batchd.batches AS b
-                     WHERE b.route = u.route
-                       AND b.status IN ('pending', 'processing')
-                       AND b.finished_at IS NULL
-                       AND b.succeeded + b.failed + b.cancelled < b.total
-                       AND NOT EXISTS (SELECT 1 FROM batchd.batch_slots AS s
-                                        WHERE s.batch_id = b.id)
-                     ORDER BY b.status = 'processing' DESC, b.priority DESC, b.created_at
-                     FETCH FIRST (greatest(u.conc - held.n, 0)) ROWS WITH TIES) AS t
-             ORDER BY t.status = 'processing' DESC, t.priority DESC, t.created_at,
-                      (SELECT i.id FROM batchd.items AS i
-                        WHERE i.batch_id = t.id AND i.seq = 0) NULLS LAST, t.id
+            SELECT t.id,
+                   row_number() OVER (ORDER BY t.status = 'processing' DESC, t.priority DESC,
+                                               t.created_at, t.first_item NULLS LAST,
+                                               t.id) AS pick
+              FROM (SELECT b.id, b.status, b.priority, b.created_at,
+                           (SELECT i.id FROM batchd.items AS i
+                             WHERE i.batch_id = b.id AND i.seq = 0) AS first_item
+                      FROM (SELECT b.id, b.status, b.priority, b.created_at
+                              FROM batchd.batches AS b
+                             WHERE b.route = u.route
+                               AND b.status IN ('pending', 'processing')
+                               AND b.finished_at IS NULL
+                               AND b.succeeded + b.failed + b.cancelled < b.total
+                               AND NOT EXISTS (SELECT 1 FROM batchd.batch_slots AS s
+                                                WHERE s.batch_id = b.id)
+                             ORDER BY b.status = 'processing' DESC, b.priority DESC,
+                                      b.created_at
+                             FETCH FIRST (greatest(u.conc - held.n, 0)) ROWS WITH TIES) AS b) AS t
+             ORDER BY pick
              LIMIT greatest(u.conc - held.n, 0)) AS c
-     WHERE held.n < u.conc;
+     WHERE held.n < u.conc
+     ORDER BY u.rk, c.pick;     -- slot_order follows the choice
 
     -- (4) With the batch's first and last item ids (submit_batch inserts a
     -- batch's items in seq order, so ids grow with seq; a batch without
@@ -641,10 +647,10 @@ BEGIN
                             9223372036854775807) AS hi
               FROM unnest(p_routes, p_conc) WITH ORDINALITY AS u(route, conc, rk)
              CROSS JOIN LATERAL (
-                    SELECT s.batch_id, row_number() OVER (ORDER BY s.acquired_at, s.batch_id) AS pos
+                    SELECT s.batch_id, row_number() OVER (ORDER BY s.slot_order) AS pos
                       FROM batchd.batch_slots AS s
                      WHERE s.route = u.route
-                     ORDER BY s.acquired_at, s.batch_id
+                     ORDER BY s.slot_order
                      LIMIT u.conc) AS s
               JOIN batchd.batches AS b ON b.id = s.batch_id) AS a;
 

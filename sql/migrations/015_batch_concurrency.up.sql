@@ -13,11 +13,13 @@
 CREATE TABLE batchd.batch_slots (
     batch_id    uuid PRIMARY KEY,
     route       text NOT NULL,
-    acquired_at timestamptz NOT NULL DEFAULT now()
+    acquired_at timestamptz NOT NULL DEFAULT now(),
+    -- the order the slots were handed out (several in one claim share acquired_at)
+    slot_order  bigint GENERATED ALWAYS AS IDENTITY
 );
 
 COMMENT ON TABLE batchd.batch_slots IS
     'Batches that hold one of their route''s batch_concurrency slots (claim_items_shared is the only writer)';
 
 -- The slots of a route, oldest first (the order in which their batches are served).
-CREATE INDEX batch_slots_route_idx ON batchd.batch_slots (route, acquired_at, batch_id);
+CREATE INDEX batch_slots_route_idx ON batchd.batch_slots (route, slot_order);
