@@ -303,7 +303,7 @@ void ep_events(Req *r)
 
 enum ProgressCol {
 	PC_ID, PC_STATUS, PC_TOTAL, PC_SUCCEEDED, PC_FAILED, PC_CANCELLED, PC_RECENT, PC_ELAPSED,
-	PC_RUNNING, PC_AHEAD, PC_AGE, PC_RETRIES,
+	PC_RUNNING, PC_AHEAD, PC_AGE, PC_RETRIES, PC_ROUTE, PC_HAS_SLOT, PC_SLOTS_TAKEN,
 };
 
 /*
@@ -312,17 +312,19 @@ enum ProgressCol {
  * counted in running, end on their own); else running (items running, or
  * finished within the window), waiting (none running, and a batch of the
  * same route ahead of it in claim order has unfinished items:
- * waiting_behind_priority is the highest such priority), pending (nothing
- * has moved yet and it was submitted within the window), or stalled.
+ * waiting_behind_priority is the highest such priority; or its route has
+ * batch_concurrency = N, it holds no batch slot and N batches hold them:
+ * waiting_for_batch_slot), pending (nothing has moved yet and it was
+ * submitted within the window), or stalled.
  */
 static const char *progress_state(const char *status, long long running, long long recent,
-				  bool ahead, double age)
+				  bool ahead, bool slot_wait, double age)
 {
 	if (strcmp(status, "pending") != 0 && strcmp(status, "processing") != 0)
 		return status;
 	if (running > 0)
 		return "running";
-	if (ahead)
+	if (ahead || slot_wait)
 		return "waiting";
 	if (recent > 0)
 		return "running";
@@ -336,7 +338,8 @@ static void step_progress(Req *r, PGresult *res)
 	long long total, succeeded, failed, cancelled, done, recent, running, queued;
 	double elapsed, window, rate, percent, fraction;
 	const char *status, *state;
-	bool ahead;
+	const Route *rt;
+	bool ahead, slot_wait;
 	StrBuf sb;
 
 	if (!req_batch_found(r, res))
@@ -354,7 +357,15 @@ static void step_progress(Req *r, PGresult *res)
 	queued = total - done - running;
 	if (queued < 0)
 		queued = 0;
-	state = progress_state(status, running, recent, ahead, atof(PQgetvalue(res, 0, PC_AGE)));
+	/* waiting for a batch slot: its route has batch_concurrency (in this
+	 * worker's configuration), all of the slots are taken, none by it */
+	rt = config_find_route(r->api->bd->cfg, PQgetvalue(res, 0, PC_ROUTE));
+	slot_wait = rt && rt->batch_concurrency > 0 && running == 0 && done < total &&
+		    !PQgetisnull(res, 0, PC_HAS_SLOT) &&
+		    strcmp(PQgetvalue(res, 0, PC_HAS_SLOT), "f") == 0 &&
+		    atoll(PQgetvalue(res, 0, PC_SLOTS_TAKEN)) >= rt->batch_concurrency;
+	state = progress_state(status, running, recent, ahead, slot_wait,
+			       atof(PQgetvalue(res, 0, PC_AGE)));
 	window = elapsed < 1.0 ? 1.0 : elapsed > PROGRESS_WINDOW_S ? PROGRESS_WINDOW_S : elapsed;
 	rate = (double)recent / window;
 	fraction = total > 0 ? (double)done / (double)total : 1.0;
@@ -368,7 +379,9 @@ static void step_progress(Req *r, PGresult *res)
 	sb_puts(&sb, ",\"state\":");
 	json_append_string(&sb, state, strlen(state));
 	sb_printf(&sb, ",\"waiting_behind_priority\":%s",
-		  strcmp(state, "waiting") == 0 ? PQgetvalue(res, 0, PC_AHEAD) : "null");
+		  strcmp(state, "waiting") == 0 && ahead ? PQgetvalue(res, 0, PC_AHEAD) : "null");
+	sb_printf(&sb, ",\"waiting_for_batch_slot\":%s",
+		  strcmp(state, "waiting") == 0 && slot_wait ? "true" : "false");
 	sb_printf(&sb, ",\"total\":%lld,\"done\":%lld,\"queued\":%lld,\"running\":%lld,"
 		  "\"percent\":%.2f,\"fraction\":%.4f,\"succeeded\":%lld,\"failed\":%lld,"
 		  "\"cancelled\":%lld,\"retries\":%s,\"rate_per_s\":%.3f,\"rate_window_s\":%.1f,"
@@ -405,7 +418,13 @@ void ep_progress(Req *r)
 		"        AND o.id <> b.id AND o.priority >= b.priority "
 		"        AND (o.priority > b.priority OR o.created_at < b.created_at) "
 		"        AND o.succeeded + o.failed + o.cancelled < o.total) END, "
-		"  extract(epoch FROM now() - b.created_at)::float8, b.retries "
+		"  extract(epoch FROM now() - b.created_at)::float8, b.retries, b.route, "
+		"  CASE WHEN b.status IN ('pending', 'processing') AND run.n = 0 THEN "
+		"    EXISTS (SELECT 1 FROM batchd.batch_slots AS s WHERE s.batch_id = b.id) END, "
+		"  CASE WHEN b.status IN ('pending', 'processing') AND run.n = 0 THEN "
+		"    (SELECT count(*) FROM batchd.batch_slots AS s JOIN batchd.batches AS o "
+		"        ON o.id = s.batch_id "
+		"      WHERE s.route = b.route AND o.finished_at IS NULL) END "
 		"FROM batchd.batches AS b CROSS JOIN LATERAL "
 		"  (SELECT count(*) AS n FROM batchd.items AS i "
 		"    WHERE i.batch_id = b.id AND i.status = 'running') AS run "

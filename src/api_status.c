@@ -52,6 +52,27 @@ static double recent_rate(const Api *api, uint64_t done_now)
 	return (double)(done_now - oldest_done) / ((double)(now - oldest_at) / 1e6);
 }
 
+/* The batch slots a route's unfinished batches hold, from the status
+ * query's last column: "route=n,route=n" (route names have no '=' or ','). */
+static long long slots_held(PGresult *res, const char *route)
+{
+	const char *s, *p;
+	size_t len = strlen(route);
+
+	if (PQntuples(res) < 1 || PQnfields(res) < 12 || PQgetisnull(res, 0, 11))
+		return 0;
+	s = PQgetvalue(res, 0, 11);
+	for (p = s; *p; ) {
+		if (strncmp(p, route, len) == 0 && p[len] == '=')
+			return atoll(p + len + 1);
+		p = strchr(p, ',');
+		if (!p)
+			break;
+		p++;
+	}
+	return 0;
+}
+
 static void step_status(Req *r, PGresult *res)
 {
 	Api *api = r->api;
@@ -200,7 +221,11 @@ static void step_status(Req *r, PGresult *res)
 				sb_putc(&sb, ',');
 			json_append_string(&sb, rt->provider_names[j], strlen(rt->provider_names[j]));
 		}
-		sb_puts(&sb, "]}");
+		sb_printf(&sb, "],\"batch_concurrency\":%d,\"active_batches\":", rt->batch_concurrency);
+		if (rt->batch_concurrency > 0)
+			sb_printf(&sb, "%lld}", slots_held(res, rt->name));
+		else
+			sb_puts(&sb, "null}");
 	}
 	sb_puts(&sb, "]}");
 	reply_json(r, 200, sb.data, sb.len);
@@ -227,7 +252,12 @@ void ep_status(Req *r)
 		"batchd.api_ts(w.heartbeat_at), w.inflight, "
 		"round(extract(epoch FROM now() - w.heartbeat_at), 3), "
 		"h.n, coalesce(to_jsonb((h.ids)[1:" STR(STATUS_HELD_IDS) "]), '[]'), "
-		"h.n > " STR(STATUS_HELD_IDS) " "
+		"h.n > " STR(STATUS_HELD_IDS) ", "
+		/* the batch slots held (routes with batch_concurrency), once */
+		"(SELECT string_agg(x.route || '=' || x.n, ',') FROM "
+		"  (SELECT s.route, count(*) AS n FROM batchd.batch_slots AS s "
+		"     JOIN batchd.batches AS b ON b.id = s.batch_id "
+		"    WHERE b.finished_at IS NULL GROUP BY s.route) AS x) "
 		"FROM batchd.workers AS w "
 		"CROSS JOIN LATERAL (SELECT count(*) AS n, array_agg(i.id ORDER BY i.id) AS ids "
 		"  FROM batchd.items AS i "

@@ -1332,6 +1332,7 @@ typedef struct Progress {
 	char state[32];                 /* GET .../progress state; status when absent */
 	int64_t total, done, succeeded, failed, cancelled, running;
 	int64_t behind;                 /* waiting_behind_priority; -1: none */
+	bool slot_wait;                 /* waiting_for_batch_slot */
 	double percent, rate, eta;      /* eta < 0: unknown */
 } Progress;
 
@@ -1347,6 +1348,11 @@ static void progress_parse(yajl_val v, Progress *pg)
 	pg->cancelled = jv_int(v, "cancelled", 0);
 	pg->running = jv_int(v, "running", 0);
 	pg->behind = jv_int(v, "waiting_behind_priority", -1);
+	{
+		yajl_val b = yajl_tree_get(v, (const char *[]){ "waiting_for_batch_slot", NULL },
+					   yajl_t_any);
+		pg->slot_wait = b && YAJL_IS_TRUE(b);
+	}
 	pg->done = jv_int(v, "done", pg->succeeded + pg->failed + pg->cancelled);
 	pg->percent = jv_double(v, "percent", pg->total ? 100.0 * (double)pg->done /
 				(double)pg->total : 0);
@@ -1359,7 +1365,8 @@ static bool progress_same(const Progress *a, const Progress *b)
 	return strcmp(a->status, b->status) == 0 && strcmp(a->state, b->state) == 0 &&
 		a->total == b->total && a->done == b->done && a->succeeded == b->succeeded &&
 		a->failed == b->failed && a->cancelled == b->cancelled &&
-		a->running == b->running && a->behind == b->behind;
+		a->running == b->running && a->behind == b->behind &&
+		a->slot_wait == b->slot_wait;
 }
 
 /* Over: the batch is finished and none of its items runs any more (a
@@ -1370,11 +1377,14 @@ static bool progress_over(const Progress *pg)
 }
 
 /* What the batch is doing, in words: "processing", "waiting (behind
- * priority 7)", "stalled", "cancelled, 3 still running", "completed". */
+ * priority 7)", "waiting for a batch slot", "stalled", "cancelled, 3 still
+ * running", "completed". */
 static void progress_words(StrBuf *sb, const Progress *pg)
 {
 	if (strcmp(pg->state, "running") == 0)
 		sb_puts(sb, pg->status);
+	else if (strcmp(pg->state, "waiting") == 0 && pg->slot_wait)
+		sb_puts(sb, "waiting for a batch slot");
 	else if (strcmp(pg->state, "waiting") == 0 && pg->behind >= 0)
 		sb_printf(sb, "waiting (behind priority %" PRId64 ")", pg->behind);
 	else

@@ -63,7 +63,10 @@ struct Claimer {
 	char *group_routes_param;
 	char *group_conc_param;
 	char *group_interval_param;
+	char *batch_routes_param;   /* routes with batch_concurrency, and its values */
+	char *batch_conc_param;
 	bool have_groups;
+	bool have_batch_slots;      /* a route has batch_concurrency: claim_items_shared */
 	int64_t group_recheck_ms;
 	struct event *group_timer;
 	struct event *poll_timer;
@@ -134,9 +137,11 @@ static void claim_done(PGresult *res, void *arg)
 		c->resume_id = strtoll(PQgetvalue(res, n - 1, 0), NULL, 10);
 		c->resume_ok = true;
 	}
-	if (c->have_groups && n < c->asked && !evtimer_pending(c->group_timer, NULL)) {
+	if ((c->have_groups || c->have_batch_slots) && n < c->asked &&
+	    !evtimer_pending(c->group_timer, NULL)) {
 		/* group limits may have held items back: their spacing ends on its
-		 * own, with no NOTIFY, so look again after the shortest interval */
+		 * own, with no NOTIFY, so look again after the shortest interval;
+		 * a batch slot freed by another worker announces nothing either */
 		timer_arm_ms(c->group_timer, c->group_recheck_ms);
 	}
 	if (!c->h->active(c->harg)) {
@@ -200,7 +205,22 @@ void claim_maybe(Claimer *c)
 	params[1] = c->routes_param;
 	params[2] = limit;
 	resumed = false;
-	if (c->have_groups) {
+	if (c->have_batch_slots) {
+		/*
+		 * Batch slots (sql/functions/claim.sql): the limited routes from at
+		 * most batch_concurrency batches at once, fleet-wide, shared between
+		 * them; the others as below.  Routes without batch_concurrency
+		 * never take this path: theirs is the claim below, unchanged.
+		 */
+		const char *p8[8] = { c->worker_id, c->routes_param, limit, c->batch_routes_param,
+				      c->batch_conc_param, c->group_routes_param,
+				      c->group_conc_param, c->group_interval_param };
+
+		rc = db_query(c->db, "SELECT id, batch_id, route, payload, attempts, max_attempts "
+			      "FROM batchd.claim_items_shared($1::uuid, $2::text[], $3::int, "
+			      "$4::text[], $5::int[], $6::text[], $7::int[], $8::float8[])",
+			      8, p8, claim_done, c);
+	} else if (c->have_groups) {
 		/* routes with per-group limits are enforced in the claim, fleet-wide */
 		params[3] = c->group_routes_param;
 		params[4] = c->group_conc_param;
@@ -286,7 +306,7 @@ static char *array_close(StrBuf *sb)
 
 void claim_configure(Claimer *c, const Config *cfg)
 {
-	StrBuf r, gr, gc, gi;
+	StrBuf r, gr, gc, gi, br, bc;
 
 	c->max_inflight = cfg->max_inflight;
 	c->claim_ahead = cfg->claim_ahead;
@@ -300,11 +320,21 @@ void claim_configure(Claimer *c, const Config *cfg)
 	sb_putc(&gr, '{');
 	sb_putc(&gc, '{');
 	sb_putc(&gi, '{');
+	sb_init(&br);
+	sb_init(&bc);
+	sb_putc(&br, '{');
+	sb_putc(&bc, '{');
 	c->have_groups = false;
+	c->have_batch_slots = false;
 	c->group_recheck_ms = 1000;   /* concurrency-only: slots freed elsewhere */
 	for (int i = 0; i < cfg->nroutes; i++) {
 		const Route *rt = cfg->routes[i];
 		sb_put_array_text(&r, rt->name);
+		if (rt->batch_concurrency > 0) {
+			sb_put_array_text(&br, rt->name);
+			sb_printf(&bc, "%s%d", c->have_batch_slots ? "," : "", rt->batch_concurrency);
+			c->have_batch_slots = true;
+		}
 		if (rt->group_concurrency > 0 || rt->group_rate > 0) {
 			sb_put_array_text(&gr, rt->name);
 			sb_printf(&gc, "%s%d", c->have_groups ? "," : "", rt->group_concurrency);
@@ -321,7 +351,11 @@ void claim_configure(Claimer *c, const Config *cfg)
 	free(c->group_routes_param);
 	free(c->group_conc_param);
 	free(c->group_interval_param);
+	free(c->batch_routes_param);
+	free(c->batch_conc_param);
 	c->routes_param = array_close(&r);
+	c->batch_routes_param = array_close(&br);
+	c->batch_conc_param = array_close(&bc);
 	c->group_routes_param = array_close(&gr);
 	c->group_conc_param = array_close(&gc);
 	c->group_interval_param = array_close(&gi);
@@ -353,6 +387,8 @@ void claim_free(Claimer *c)
 	free(c->group_routes_param);
 	free(c->group_conc_param);
 	free(c->group_interval_param);
+	free(c->batch_routes_param);
+	free(c->batch_conc_param);
 	free(c);
 }
 
@@ -376,6 +412,11 @@ void claim_reset(Claimer *c)
 bool claim_has_groups(const Claimer *c)
 {
 	return c->have_groups;
+}
+
+bool claim_has_batch_slots(const Claimer *c)
+{
+	return c->have_batch_slots;
 }
 
 const char *claim_routes_param(const Claimer *c)

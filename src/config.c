@@ -710,6 +710,7 @@ static const ConfigKey provider_keys[] = {
 };
 
 static const ConfigKey route_keys[] = {
+	{ "batch_concurrency", set_int, RTE(batch_concurrency), 0, 100000, false },
 	{ "failover_on_permanent", set_bool, RTE(failover_on_permanent), 0, 0, false },
 	{ "group_concurrency", set_int, RTE(group_concurrency), 1, 100000, false },
 	{ "group_rate", set_rate, RTE(group_rate), 0, MAX_RATE, false },
@@ -1223,6 +1224,12 @@ static void config_validate(ConfigCtx *ctx)
 
 		if (r->nproviders == 0) {
 			ctx_fail_at(ctx, r->line, "[route %s] has no providers", r->name);
+			break;
+		}
+		if (r->batch_concurrency > 0 && (r->group_concurrency > 0 || r->group_rate > 0)) {
+			/* one claim path per route (claim.sql): batch slots or group limits */
+			ctx_fail_at(ctx, r->line, "[route %s] batch_concurrency cannot be combined with "
+				    "group_concurrency or group_rate", r->name);
 			break;
 		}
 		r->providers = xcalloc((size_t)r->nproviders, sizeof(Provider *));

@@ -306,8 +306,9 @@ static void on_flushed(int applied, void *arg)
 		return;
 	}
 	complete_flush(e->comp, complete_due(e->comp));
-	/* completions free group slots: items held back may go now */
-	if (claim_has_groups(e->claim) && applied > 0)
+	/* completions free group slots and end batches (freeing batch
+	 * slots): items held back may go now */
+	if ((claim_has_groups(e->claim) || claim_has_batch_slots(e->claim)) && applied > 0)
 		claim_more(e->claim);
 	else
 		claim_maybe(e->claim);

@@ -572,6 +572,8 @@
 		const rate = fmtRate(p.rate_per_s);
 		switch (p.state) {
 		case 'waiting':
+			if (p.waiting_for_batch_slot === true)
+				return [rate, 'waiting for a batch slot'];
 			return [rate, typeof p.waiting_behind_priority === 'number' ?
 				'waiting (behind priority ' + p.waiting_behind_priority + ')' : 'waiting'];
 		case 'stalled':

@@ -61,6 +61,8 @@ void claim_more(Claimer *c);
 void claim_maybe(Claimer *c);
 
 bool claim_has_groups(const Claimer *c);
+/* a route has batch_concurrency: a completion may free a batch slot */
+bool claim_has_batch_slots(const Claimer *c);
 /* text[] literal of our routes */
 const char *claim_routes_param(const Claimer *c);
 uint64_t claim_claimed(const Claimer *c);

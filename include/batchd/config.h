@@ -92,6 +92,7 @@ typedef struct Route {
 	bool failover_on_permanent;/* permanent error: try the next provider, default no */
 	int group_concurrency;     /* items of one group running at once; 0: no limit */
 	double group_rate;         /* starts per second per group; 0: no limit */
+	int batch_concurrency;     /* batches with items claimed at once, fleet-wide; 0: no limit */
 	char *hook;                /* schema.function(item batchd.items), or NULL */
 	char *on_batch_done;       /* schema.function(batch batchd.batches), or NULL */
 } Route;

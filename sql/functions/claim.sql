@@ -1,4 +1,4 @@
--- claim.sql: claiming queued items for a worker: from the head of the queue, resumed after the previous claim, and with per-group limits.
+-- claim.sql: claiming queued items for a worker: from the head of the queue, resumed after the previous claim, with per-group limits, and with per-route batch slots.
 --
 -- Repeatable: `batchd migrate` re-applies this file whenever its text
 -- changes (see sql/README). The current definition of each object here is
@@ -520,3 +520,354 @@ $fn$;
 
 COMMENT ON FUNCTION batchd.claim_items(uuid, text[], int, int, bigint) IS
     'Claim up to p_limit due queued items like claim_items(worker, routes, limit), first those after (p_after_priority, p_after_id) at that priority; returns each item''s priority.';
+
+-- Batch slots: routes with batch_concurrency = N > 0 (man batchd.ini(5)).
+--
+-- batchd.claim_batch_slots(worker, routes, concurrency, limit): claim up to
+-- `limit` due, queued items of the given routes, each limited to
+-- concurrency[i] (> 0) batches at once, fleet-wide, sharing the claim
+-- between those batches. Called by claim_items_shared() (which validates
+-- the arrays and sorts the routes); same result columns as claim_items().
+--
+--   (1) One claimer at a time per route: a transaction-scoped advisory lock
+--       (class 1650549859, "batc"; key hashtext(route)), taken in route name
+--       order before any row lock and held to commit, so that the slot rows
+--       it reads are the ones the previous holder committed.
+--   (2) Slots of ended batches go: finished_at set (completed, failed, or
+--       cancelled with nothing left running) or the batch gone (deleted,
+--       purged). A batch keeps its slot while it has anything left, also
+--       while its only items left wait for a retry time (run_after): it never
+--       loses its place half done, and the others wait at most that backoff.
+--   (3) Free slots (N minus the route's slots) go to the route's other
+--       unfinished batches with items left: those already started
+--       (processing: e.g. running before batch_concurrency was set) first,
+--       then by priority (highest first), then oldest (submitted first).
+--   (4) The batches served now: the route's first N slots in the order they
+--       were handed out (after a reload that lowered N, the others wait, slot
+--       kept, until enough of those ahead have ended).
+--   (5) Fair share: the limit is split evenly between those batches (the
+--       first ones get one more when it does not divide), each one's share
+--       read from its own items (the claim index from the batch's first
+--       item id: priority = the batch's, id between its first and last item,
+--       an O(share) ordered scan), locked SKIP LOCKED; what a batch cannot
+--       fill (it has fewer due items) is split again between the others,
+--       until the limit is reached or every batch is drained.
+--   (6) Claim them as the head claim does, returned round-robin (each
+--       batch's first item, then each one's second, ...): the dispatcher
+--       starts them in that order.
+-- Cost: the advisory lock (claims of one route are serialized, fleet-wide),
+-- the slot rows of the routes, one batch row per slot, one claim-index scan
+-- per served batch and round (at most N rounds, usually one), and the
+-- per-item cost of the head claim. Routes without batch_concurrency never
+-- come here.
+CREATE OR REPLACE FUNCTION batchd.claim_batch_slots(p_worker uuid, p_routes text[],
+                                                    p_conc int[], p_limit int)
+RETURNS TABLE (id bigint, batch_id uuid, route text, payload jsonb,
+               attempts int, max_attempts int, group_key text)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, batchd
+SET plan_cache_mode = force_custom_plan
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_bids  uuid[];
+    v_prio  int[];
+    v_route text[];
+    v_cur   bigint[];
+    v_hi    bigint[];
+    v_open  boolean[];
+    v_left  int := p_limit;
+    v_nopen int;
+    v_ids   bigint[] := '{}';
+    r       record;
+BEGIN
+    IF p_limit IS NULL OR p_limit <= 0 OR coalesce(cardinality(p_routes), 0) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- (1)
+    FOR k IN 1 .. cardinality(p_routes) LOOP
+        PERFORM pg_advisory_xact_lock(1650549859, hashtext(p_routes[k]));
+    END LOOP;
+
+    -- (2)
+    DELETE FROM batchd.batch_slots AS s
+     WHERE s.route = ANY (p_routes)
+       AND NOT EXISTS (SELECT 1 FROM batchd.batches AS b
+                        WHERE b.id = s.batch_id AND b.finished_at IS NULL);
+
+    -- (3)
+    INSERT INTO batchd.batch_slots (batch_id, route)
+    SELECT c.id, u.route
+      FROM unnest(p_routes, p_conc) WITH ORDINALITY AS u(route, conc, rk)
+     CROSS JOIN LATERAL (SELECT count(*)::int AS n
+                           FROM batchd.batch_slots AS s
+                          WHERE s.route = u.route) AS held
+     CROSS JOIN LATERAL (
+            -- Batches submitted in one transaction have one created_at: among
+            -- those, the first submitted (its first item's id) goes first, as
+            -- its items do in the head claim; WITH TIES keeps those lookups
+            -- to the few batches that can be chosen.
+            SELECT t.id,
+                   row_number() OVER (ORDER BY t.status = 'processing' DESC, t.priority DESC,
+                                               t.created_at, t.first_item NULLS LAST,
+                                               t.id) AS pick
+              FROM (SELECT b.id, b.status, b.priority, b.created_at,
+                           (SELECT i.id FROM batchd.items AS i
+                             WHERE i.batch_id = b.id AND i.seq = 0) AS first_item
+                      FROM (SELECT b.id, b.status, b.priority, b.created_at
+                              FROM batchd.batches AS b
+                             WHERE b.route = u.route
+                               AND b.status IN ('pending', 'processing')
+                               AND b.finished_at IS NULL
+                               AND b.succeeded + b.failed + b.cancelled < b.total
+                               AND NOT EXISTS (SELECT 1 FROM batchd.batch_slots AS s
+                                                WHERE s.batch_id = b.id)
+                             ORDER BY b.status = 'processing' DESC, b.priority DESC,
+                                      b.created_at
+                             FETCH FIRST (greatest(u.conc - held.n, 0)) ROWS WITH TIES) AS b) AS t
+             ORDER BY pick
+             LIMIT greatest(u.conc - held.n, 0)) AS c
+     WHERE held.n < u.conc
+     ORDER BY u.rk, c.pick;     -- slot_order follows the choice
+
+    -- (4) With the batch's first and last item ids (submit_batch inserts a
+    -- batch's items in seq order, so ids grow with seq; a batch without
+    -- items is read from 0 to the largest id).
+    SELECT array_agg(a.bid ORDER BY a.pos, a.rk), array_agg(a.prio ORDER BY a.pos, a.rk),
+           array_agg(a.route ORDER BY a.pos, a.rk), array_agg(a.lo - 1 ORDER BY a.pos, a.rk),
+           array_agg(a.hi ORDER BY a.pos, a.rk)
+      INTO v_bids, v_prio, v_route, v_cur, v_hi
+      FROM (SELECT s.batch_id AS bid, b.priority AS prio, u.route, s.pos, u.rk,
+                   coalesce((SELECT i.id FROM batchd.items AS i
+                              WHERE i.batch_id = b.id AND i.seq = 0), 1) AS lo,
+                   coalesce((SELECT i.id FROM batchd.items AS i
+                              WHERE i.batch_id = b.id AND i.seq = b.total - 1),
+                            9223372036854775807) AS hi
+              FROM unnest(p_routes, p_conc) WITH ORDINALITY AS u(route, conc, rk)
+             CROSS JOIN LATERAL (
+                    SELECT s.batch_id, row_number() OVER (ORDER BY s.slot_order) AS pos
+                      FROM batchd.batch_slots AS s
+                     WHERE s.route = u.route
+                     ORDER BY s.slot_order
+                     LIMIT u.conc) AS s
+              JOIN batchd.batches AS b ON b.id = s.batch_id) AS a;
+
+    IF v_bids IS NULL THEN
+        RETURN;
+    END IF;
+    v_open := array_fill(true, ARRAY[cardinality(v_bids)]);
+
+    -- (5)
+    LOOP
+        SELECT count(*)::int INTO v_nopen FROM unnest(v_open) AS o(x) WHERE o.x;
+        EXIT WHEN v_left <= 0 OR v_nopen = 0;
+        FOR r IN
+            WITH a AS (
+                SELECT u.k, u.bid, u.prio, u.route, u.cur, u.hi,
+                       v_left / v_nopen
+                       + CASE WHEN row_number() OVER (ORDER BY u.k) <= v_left % v_nopen
+                              THEN 1 ELSE 0 END AS q
+                  FROM unnest(v_bids, v_prio, v_route, v_cur, v_hi, v_open)
+                       WITH ORDINALITY AS u(bid, prio, route, cur, hi, open, k)
+                 WHERE u.open
+            )
+            SELECT a.k, a.q, count(x.id)::int AS n, max(x.id) AS last,
+                   coalesce(array_agg(x.id) FILTER (WHERE x.id IS NOT NULL), '{}') AS ids
+              FROM a
+              LEFT JOIN LATERAL (
+                    SELECT i.id
+                      FROM batchd.items AS i
+                     WHERE i.status = 'queued'
+                       AND i.priority = a.prio
+                       AND i.id > a.cur
+                       AND i.id <= a.hi
+                       AND i.run_after <= now()
+                       AND i.route = a.route
+                       AND i.batch_id = a.bid
+                     ORDER BY i.priority DESC, i.id
+                     LIMIT a.q
+                       FOR UPDATE SKIP LOCKED) AS x ON true
+             WHERE a.q > 0
+             GROUP BY a.k, a.q
+        LOOP
+            v_ids := v_ids || r.ids;
+            v_left := v_left - r.n;
+            IF r.n < r.q THEN
+                v_open[r.k] := false;      -- drained (for now)
+            ELSE
+                v_cur[r.k] := r.last;
+            END IF;
+        END LOOP;
+    END LOOP;
+
+    IF cardinality(v_ids) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- (6)
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE batchd.items AS i
+           SET status = 'running', worker_id = p_worker, attempts = i.attempts + 1,
+               started_at = now(), finished_at = NULL
+         WHERE i.id = ANY (v_ids)
+        RETURNING i.id, i.batch_id, i.route, i.payload, i.attempts,
+                  i.max_attempts, i.group_key
+    ), to_start AS (
+        SELECT b.id
+          FROM batchd.batches AS b
+         WHERE b.id IN (SELECT c.batch_id FROM claimed AS c)
+           AND b.status = 'pending'
+         ORDER BY b.id
+           FOR NO KEY UPDATE
+    ), started AS (
+        UPDATE batchd.batches AS b
+           SET status = 'processing', started_at = now()
+          FROM to_start
+         WHERE b.id = to_start.id
+        RETURNING b.id
+    ), started_events AS (
+        INSERT INTO batchd.batch_events (batch_id, event, detail)
+        SELECT s.id, 'started', jsonb_build_object('worker', p_worker)
+          FROM started AS s
+    )
+    SELECT c.id, c.batch_id, c.route, c.payload, c.attempts, c.max_attempts, c.group_key
+      FROM claimed AS c
+      JOIN unnest(v_bids) WITH ORDINALITY AS o(bid, k) ON o.bid = c.batch_id
+     ORDER BY row_number() OVER (PARTITION BY c.batch_id ORDER BY c.id), o.k;
+END
+$fn$;
+
+COMMENT ON FUNCTION batchd.claim_batch_slots(uuid, text[], int[], int) IS
+    'Internal (claim_items_shared): claim from at most concurrency[i] batches of each route at once, fleet-wide, sharing the claim between them.';
+
+-- batchd.claim_items_shared(worker, routes, limit, batch_routes,
+--                           batch_concurrency, group_routes,
+--                           group_concurrency, group_interval_ms)
+--
+-- What batchd calls when a route it serves has batch_concurrency > 0; same
+-- result columns as claim_items(). batch_routes and batch_concurrency are
+-- aligned (0 = no limit); the routes of `routes` with a limit are claimed by
+-- claim_batch_slots(), the others by claim_items(worker, others, ...,
+-- group_routes, group_concurrency, group_interval_ms) exactly as batchd
+-- claims them without this function (per-group limits included; a route
+-- with both a batch and a group limit gets the batch limit only: batchd's
+-- configuration refuses it). Bad arrays (different lengths, NULL or
+-- negative entries, a repeated route) raise SQLSTATE 22023.
+--
+-- The limit is shared between the two kinds of route in proportion to their
+-- numbers of routes; what one kind does not take goes to the other (one
+-- more claim of the limited routes after the others), so that a claim comes
+-- back short only when there is nothing more to claim.
+--
+-- Locks: the advisory locks of claim_batch_slots() come first, before any
+-- row lock (see the lock order in sql/README); then each claim statement
+-- takes its items (SKIP LOCKED) and the pending batches it starts (id
+-- order). The pending batches of a limited route are locked only by the
+-- holder of its advisory lock (and by single-row cancels and deletes), so
+-- the two claim statements in one transaction cannot close a wait cycle
+-- (provided every batchd serving a route has the same batch_concurrency
+-- for it, as the fleet's configuration must).
+CREATE OR REPLACE FUNCTION batchd.claim_items_shared(p_worker uuid, p_routes text[], p_limit int,
+                                                     p_batch_routes text[],
+                                                     p_batch_concurrency int[],
+                                                     p_group_routes text[],
+                                                     p_group_concurrency int[],
+                                                     p_group_interval_ms float8[])
+RETURNS TABLE (id bigint, batch_id uuid, route text, payload jsonb,
+               attempts int, max_attempts int, group_key text)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, batchd
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_n      int;
+    v_broutes text[];
+    v_bconc  int[];
+    v_other  text[];
+    v_ask    int;
+    v_got    int := 0;
+    v_got2   int := 0;
+    v_nb     int;
+    v_no     int;
+BEGIN
+    IF p_worker IS NULL THEN
+        RAISE EXCEPTION 'worker id must not be null' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_n := coalesce(cardinality(p_batch_routes), 0);
+    IF coalesce(cardinality(p_batch_concurrency), 0) <> v_n THEN
+        RAISE EXCEPTION 'batch_routes and batch_concurrency must have the same length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_n > 0 THEN
+        IF EXISTS (SELECT 1 FROM unnest(p_batch_routes, p_batch_concurrency) AS u(r, c)
+                    WHERE u.r IS NULL OR u.c IS NULL OR u.c < 0) THEN
+            RAISE EXCEPTION 'batch_routes must not contain NULL and batch_concurrency must be >= 0'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF (SELECT count(DISTINCT u.r) FROM unnest(p_batch_routes) AS u(r)) <> v_n THEN
+            RAISE EXCEPTION 'batch_routes must not repeat a route'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    IF p_limit IS NULL OR p_limit <= 0 OR p_routes IS NULL OR cardinality(p_routes) = 0 THEN
+        RETURN;
+    END IF;
+
+    SELECT array_agg(u.r ORDER BY u.r), array_agg(u.c ORDER BY u.r)
+      INTO v_broutes, v_bconc
+      FROM unnest(p_batch_routes, p_batch_concurrency) AS u(r, c)
+     WHERE u.r = ANY (p_routes)
+       AND u.c > 0;
+    SELECT array_agg(DISTINCT u.r)
+      INTO v_other
+      FROM unnest(p_routes) AS u(r)
+     WHERE u.r IS NOT NULL
+       AND (v_broutes IS NULL OR u.r <> ALL (v_broutes));
+
+    IF v_broutes IS NULL THEN
+        RETURN QUERY
+        SELECT c.id, c.batch_id, c.route, c.payload, c.attempts, c.max_attempts, c.group_key
+          FROM batchd.claim_items(p_worker, v_other, p_limit, coalesce(p_group_routes, '{}'),
+                                  coalesce(p_group_concurrency, '{}'),
+                                  coalesce(p_group_interval_ms, '{}')) AS c;
+        RETURN;
+    END IF;
+
+    -- The advisory locks before any row lock.
+    FOR k IN 1 .. cardinality(v_broutes) LOOP
+        PERFORM pg_advisory_xact_lock(1650549859, hashtext(v_broutes[k]));
+    END LOOP;
+
+    v_nb := cardinality(v_broutes);
+    v_no := coalesce(cardinality(v_other), 0);
+    v_ask := CASE WHEN v_no = 0 THEN p_limit
+                  ELSE greatest(1, (p_limit * v_nb + v_nb + v_no - 1) / (v_nb + v_no)) END;
+    RETURN QUERY
+    SELECT c.id, c.batch_id, c.route, c.payload, c.attempts, c.max_attempts, c.group_key
+      FROM batchd.claim_batch_slots(p_worker, v_broutes, v_bconc, v_ask) AS c;
+    GET DIAGNOSTICS v_got = ROW_COUNT;
+
+    IF v_no > 0 AND v_got < p_limit THEN
+        RETURN QUERY
+        SELECT c.id, c.batch_id, c.route, c.payload, c.attempts, c.max_attempts, c.group_key
+          FROM batchd.claim_items(p_worker, v_other, p_limit - v_got,
+                                  coalesce(p_group_routes, '{}'),
+                                  coalesce(p_group_concurrency, '{}'),
+                                  coalesce(p_group_interval_ms, '{}')) AS c;
+        GET DIAGNOSTICS v_got2 = ROW_COUNT;
+        IF v_got >= v_ask AND v_got + v_got2 < p_limit THEN
+            RETURN QUERY
+            SELECT c.id, c.batch_id, c.route, c.payload, c.attempts, c.max_attempts, c.group_key
+              FROM batchd.claim_batch_slots(p_worker, v_broutes, v_bconc,
+                                            p_limit - v_got - v_got2) AS c;
+        END IF;
+    END IF;
+END
+$fn$;
+
+COMMENT ON FUNCTION batchd.claim_items_shared(uuid, text[], int, text[], int[], text[], int[], float8[]) IS
+    'Claim like claim_items(), with at most batch_concurrency[i] batches of each listed route at once, fleet-wide, sharing each claim between them.';

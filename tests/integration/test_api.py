@@ -242,7 +242,8 @@ def test_status(api):
     names = {p["name"]: p for p in s["providers"]}
     assert set(names) == {"mock", "holdp"}
     assert "state" in names["mock"]["breaker"]
-    assert {"name": ROUTE, "providers": ["mock"]} in s["routes"]
+    assert {"name": ROUTE, "providers": ["mock"], "batch_concurrency": 0,
+            "active_batches": None} in s["routes"]
     assert api.a.request("HEAD", "/v1/status").status == 200
 
 
@@ -272,7 +273,8 @@ def test_submit_and_read_every_endpoint(api):
     p = api.a.get(f"/v1/batches/{b['id']}/progress")
     assert p.status == 200, p
     p = p.json()
-    assert set(p) == {"batch_id", "status", "state", "waiting_behind_priority", "total", "done",
+    assert set(p) == {"batch_id", "status", "state", "waiting_behind_priority",
+                      "waiting_for_batch_slot", "total", "done",
                       "queued", "running", "percent", "fraction", "succeeded", "failed",
                       "cancelled", "retries", "rate_per_s", "rate_window_s", "eta_s"}
     assert (p["batch_id"], p["status"], p["state"], p["total"], p["done"], p["percent"],

@@ -373,10 +373,15 @@ def test_quote_fanout_private_cluster(tmp_path):
     res, out = run_example("quote-fanout", tmp_path, db=None, timeout=90)
     jobs = {j["id"]: j for j in res["jobs"]}
     assert {k: (j["status"], j["items"], j["succeeded"], j["failed"]) for k, j in jobs.items()} == \
-        {1: ("completed", 8, 8, 0), 2: ("completed", 4, 2, 2)}
+        {1: ("completed", 8, 8, 0), 2: ("completed", 4, 2, 2), 3: ("completed", 2, 2, 0),
+         4: ("completed", 2, 2, 0)}
     # submitted by the intake (one batch per inserted row, none for the rolled-back
     # one), fanned out, and closed per vehicle by the job's on_done
-    assert (res["batches"], res["stray_batches"]) == (2, 0)
+    assert (res["batches"], res["stray_batches"]) == (4, 0)
+    # batch_concurrency = 3: three jobs at once, the fourth after one ended
+    assert res["max_jobs_at_once"] == 3
+    assert res["fourth_started_after_an_end"] is True
+    assert "at most 3 jobs ran at once" in out
 
     def per(total, succeeded, failed):
         return {"total": total, "succeeded": succeeded, "failed": failed, "cancelled": 0,
@@ -384,11 +389,13 @@ def test_quote_fanout_private_cluster(tmp_path):
 
     assert jobs[1]["by_vehicle"] == {"VW-GOLF-8": per(4, 4, 0), "FORD-FOCUS": per(4, 4, 0)}
     assert jobs[2]["by_vehicle"] == {"TESLA-M3": per(2, 2, 0), "XX-UNKNOWN": per(2, 0, 2)}
+    assert jobs[3]["by_vehicle"] == {"SKODA-OCTAVIA": per(2, 2, 0)}
+    assert jobs[4]["by_vehicle"] == {"BMW-I4": per(2, 2, 0)}
     assert "quotes.submit_job" not in out and "INSERT INTO quotes.quote_jobs" in out
     assert all(j["duration_s"] > 0 for j in jobs.values())
-    assert (res["quotes"], res["quote_errors"]) == (10, 2)
+    assert (res["quotes"], res["quote_errors"]) == (14, 2)
     assert res["failed_vehicles"] == ["XX-UNKNOWN"]                # invalid vehicles fail alone
-    assert res["requests"] == 12
+    assert res["requests"] == 16
     # 2 requests/s with burst 1: at most burst + rate * 1s in any second
     assert 1 <= res["max_requests_in_1s"] <= 3
     assert res["rate_per_s"] <= 2.2
