@@ -184,6 +184,58 @@ void provider_pause(ProvState *ps, int64_t until)
 
 /* ------------------------------------------------------------------- queue */
 
+static bool takes_turns(const Job *j)
+{
+	return j->route && j->route->batch_concurrency > 0;
+}
+
+/* fair_seq of batch's last start here; 0: none remembered (oldest). */
+static uint64_t fair_last_start(const ProvState *ps, const char *batch_id)
+{
+	for (int i = 0; i < ps->nfair_batches; i++)
+		if (strcmp(ps->fair_batches[i].batch_id, batch_id) == 0)
+			return ps->fair_batches[i].seq;
+	return 0;
+}
+
+/* j's batch started here now (the table full: forget the least recent). */
+static void fair_note_start(ProvState *ps, const Job *j)
+{
+	int k = -1;
+
+	for (int i = 0; i < ps->nfair_batches && k < 0; i++)
+		if (strcmp(ps->fair_batches[i].batch_id, j->batch_id) == 0)
+			k = i;
+	if (k < 0 && ps->nfair_batches < PROV_FAIR_BATCHES) {
+		k = ps->nfair_batches++;
+	} else if (k < 0) {
+		k = 0;
+		for (int i = 1; i < PROV_FAIR_BATCHES; i++)
+			if (ps->fair_batches[i].seq < ps->fair_batches[k].seq)
+				k = i;
+	}
+	snprintf(ps->fair_batches[k].batch_id, sizeof(ps->fair_batches[k].batch_id), "%s",
+		 j->batch_id);
+	ps->fair_batches[k].seq = ++ps->fair_seq;
+}
+
+/* Unlink j, whose predecessor in the queue is prev (NULL: the head). */
+static void queue_unlink(ProvState *ps, Job *j, Job *prev)
+{
+	if (prev)
+		prev->qnext = j->qnext;
+	else
+		ps->qhead = j->qnext;
+	if (ps->qtail == j)
+		ps->qtail = prev;
+	j->qnext = NULL;
+	ps->nqueued--;
+	if (j->fair_queued) {
+		ps->nfair--;
+		j->fair_queued = false;
+	}
+}
+
 void provider_push(ProvState *ps, Job *j)
 {
 	j->qnext = NULL;
@@ -193,22 +245,45 @@ void provider_push(ProvState *ps, Job *j)
 		ps->qhead = j;
 	ps->qtail = j;
 	ps->nqueued++;
+	j->fair_queued = takes_turns(j);
+	if (j->fair_queued)
+		ps->nfair++;
 	job_set_state(j, JOB_QUEUED);
 	j->ps = ps;
 	j->queued_mono = now_monotonic_us();
 }
 
-/* The first waiting job, in state NEW (the caller starts or reroutes it). */
+/*
+ * The next waiting job, in state NEW (the caller starts or reroutes it):
+ * the head, or with turns by batch (provider.h) the first job of the batch
+ * least recently started here among the run of such jobs at the head.
+ */
 Job *provider_pop(ProvState *ps)
 {
-	Job *j = ps->qhead;
+	Job *j = ps->qhead, *prev = NULL;
 	if (!j)
 		return NULL;
-	ps->qhead = j->qnext;
-	if (!ps->qhead)
-		ps->qtail = NULL;
-	j->qnext = NULL;
-	ps->nqueued--;
+	if (ps->nfair > 0 && j->fair_queued) {
+		const Job *last = NULL;   /* the previous job looked at, and its seq */
+		uint64_t last_seq = 0, best_seq = UINT64_MAX;
+		Job *p = NULL;
+		int n = 0;
+		for (Job *c = ps->qhead; c && c->fair_queued && n < PROV_FAIR_SCAN;
+		     p = c, c = c->qnext, n++) {
+			uint64_t seq = last && strcmp(last->batch_id, c->batch_id) == 0 ?
+				last_seq : fair_last_start(ps, c->batch_id);
+			last = c;
+			last_seq = seq;
+			if (seq < best_seq) {   /* ties: the first in queue order */
+				best_seq = seq;
+				j = c;
+				prev = p;
+				if (seq == 0)
+					break;  /* never started here: none goes before it */
+			}
+		}
+	}
+	queue_unlink(ps, j, prev);
 	ps->wait_seconds += (double)(now_monotonic_us() - j->queued_mono) / 1e6;
 	job_set_state(j, JOB_NEW);
 	return j;
@@ -217,19 +292,14 @@ Job *provider_pop(ProvState *ps)
 /* Take a specific job out of the queue (cancel, stop); it is NEW after. */
 void provider_unqueue(ProvState *ps, Job *j)
 {
-	Job **pp = &ps->qhead;
-	Job *prev = NULL;
-	while (*pp && *pp != j) {
-		prev = *pp;
-		pp = &(*pp)->qnext;
+	Job *prev = NULL, *c = ps->qhead;
+	while (c && c != j) {
+		prev = c;
+		c = c->qnext;
 	}
-	if (!*pp)
+	if (!c)
 		return;
-	*pp = j->qnext;
-	if (ps->qtail == j)
-		ps->qtail = prev;
-	j->qnext = NULL;
-	ps->nqueued--;
+	queue_unlink(ps, j, prev);
 	job_set_state(j, JOB_NEW);
 }
 
@@ -297,6 +367,8 @@ void provider_started(ProvState *ps, Job *j)
 	j->lticket = limiter_on_start(&ps->lim, now_monotonic_us());
 	ps->inflight++;
 	ps->requests++;
+	if (takes_turns(j))
+		fair_note_start(ps, j);
 }
 
 void provider_aborted(ProvState *ps, Job *j)

@@ -68,6 +68,7 @@ typedef struct Job {
 	int64_t try_started_mono;  /* monotonic, this try's start */
 	LimiterTicket lticket;     /* the provider's window, this try */
 	int64_t queued_mono;       /* monotonic, entered the provider queue */
+	bool fair_queued;          /* queued, and its route has batch_concurrency */
 	struct event *retry_timer;
 	char *last_error;
 	long last_status;

@@ -33,6 +33,11 @@
 typedef struct ProvState ProvState;
 typedef struct ProviderStats ProviderStats;
 
+/* Fair turns (provider_pop): how many queued jobs one pop looks at, and
+ * how many batches' last start a provider remembers. */
+#define PROV_FAIR_SCAN 64
+#define PROV_FAIR_BATCHES 64
+
 /* Live figures of one provider, for /v1/status and the status page. */
 #define PROVIDER_HISTORY_S 180
 struct ProviderStats {
@@ -81,6 +86,15 @@ struct ProvState {
 	int64_t paused_until;      /* monotonic us; Retry-After */
 	Job *qhead, *qtail;
 	int nqueued;
+	/* fair turns between batches (routes with batch_concurrency): how many
+	 * such jobs wait here, and when each recent batch last started here */
+	int nfair;
+	uint64_t fair_seq;
+	int nfair_batches;
+	struct {
+		char batch_id[37];
+		uint64_t seq;          /* fair_seq at its last start here */
+	} fair_batches[PROV_FAIR_BATCHES];
 	struct event *wake_timer;  /* token, pause */
 	struct event *br_timer;    /* OPEN -> HALF_OPEN */
 	bool removed;              /* gone from the config at a reload */
@@ -120,7 +134,16 @@ void provider_join_fleet(ProvState *ps, int64_t until);
 /* No request before until (monotonic us): Retry-After, or a joining worker. */
 void provider_pause(ProvState *ps, int64_t until);
 
-/* The FIFO of jobs waiting for this provider. */
+/*
+ * The queue of jobs waiting for this provider: FIFO, except that jobs of
+ * routes with batch_concurrency take turns by batch.  When the head is such
+ * a job, pop takes, among the run of such jobs at the head (at most
+ * PROV_FAIR_SCAN, never past a job of another route), the first one of the
+ * batch least recently started here (a batch never started here first), so
+ * that the active batches alternate and a batch given its slot later is not
+ * served after everything claimed before it.  Jobs of other routes keep
+ * strict FIFO, and nothing is scanned while none of those jobs waits.
+ */
 void provider_push(ProvState *ps, Job *j);
 Job *provider_pop(ProvState *ps);
 void provider_unqueue(ProvState *ps, Job *j);
