@@ -459,6 +459,7 @@ DECLARE
     v_cur   bigint[];
     v_hi    bigint[];
     v_open  boolean[];
+    v_held  int[];
     v_left  int := p_limit;
     v_nopen int;
     v_ids   bigint[] := '{}';
@@ -540,6 +541,16 @@ BEGIN
         RETURN;
     END IF;
     v_open := array_fill(true, ARRAY[cardinality(v_bids)]);
+    -- The items of each batch this worker holds (claimed, not ended: its
+    -- few running items, items_running_worker_idx): what a split leaves
+    -- over goes to the least held first, so that claims of one item at a
+    -- time (a rate-limited provider draining) do not all go to the first
+    -- slot while a batch started later holds nothing.
+    SELECT array_agg((SELECT count(*)::int FROM batchd.items AS i
+                       WHERE i.status = 'running' AND i.worker_id = p_worker
+                         AND i.batch_id = o.bid) ORDER BY o.k)
+      INTO v_held
+      FROM unnest(v_bids) WITH ORDINALITY AS o(bid, k);
 
     -- (5)
     LOOP
@@ -549,10 +560,10 @@ BEGIN
             WITH a AS (
                 SELECT u.k, u.bid, u.prio, u.route, u.cur, u.hi,
                        v_left / v_nopen
-                       + CASE WHEN row_number() OVER (ORDER BY u.k) <= v_left % v_nopen
+                       + CASE WHEN row_number() OVER (ORDER BY u.held, u.k) <= v_left % v_nopen
                               THEN 1 ELSE 0 END AS q
-                  FROM unnest(v_bids, v_prio, v_route, v_cur, v_hi, v_open)
-                       WITH ORDINALITY AS u(bid, prio, route, cur, hi, open, k)
+                  FROM unnest(v_bids, v_prio, v_route, v_cur, v_hi, v_open, v_held)
+                       WITH ORDINALITY AS u(bid, prio, route, cur, hi, open, held, k)
                  WHERE u.open
             )
             SELECT a.k, a.q, count(x.id)::int AS n, max(x.id) AS last,
@@ -576,6 +587,7 @@ BEGIN
         LOOP
             v_ids := v_ids || r.ids;
             v_left := v_left - r.n;
+            v_held[r.k] := v_held[r.k] + r.n;
             IF r.n < r.q THEN
                 v_open[r.k] := false;      -- drained (for now)
             ELSE

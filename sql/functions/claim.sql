@@ -545,8 +545,11 @@ COMMENT ON FUNCTION batchd.claim_items(uuid, text[], int, int, bigint) IS
 --   (4) The batches served now: the route's first N slots in the order they
 --       were handed out (after a reload that lowered N, the others wait, slot
 --       kept, until enough of those ahead have ended).
---   (5) Fair share: the limit is split evenly between those batches (the
---       first ones get one more when it does not divide), each one's share
+--   (5) Fair share: the limit is split evenly between those batches (when
+--       it does not divide, one more each for those of which this worker
+--       holds the fewest running items, then the first ones: a claim of
+--       one item goes to a batch started later, not always to the first
+--       slot), each one's share
 --       read from its own items (the claim index from the batch's first
 --       item id: priority = the batch's, id between its first and last item,
 --       an O(share) ordered scan), locked SKIP LOCKED; what a batch cannot
@@ -577,6 +580,7 @@ DECLARE
     v_cur   bigint[];
     v_hi    bigint[];
     v_open  boolean[];
+    v_held  int[];
     v_left  int := p_limit;
     v_nopen int;
     v_ids   bigint[] := '{}';
@@ -658,6 +662,16 @@ BEGIN
         RETURN;
     END IF;
     v_open := array_fill(true, ARRAY[cardinality(v_bids)]);
+    -- The items of each batch this worker holds (claimed, not ended: its
+    -- few running items, items_running_worker_idx): what a split leaves
+    -- over goes to the least held first, so that claims of one item at a
+    -- time (a rate-limited provider draining) do not all go to the first
+    -- slot while a batch started later holds nothing.
+    SELECT array_agg((SELECT count(*)::int FROM batchd.items AS i
+                       WHERE i.status = 'running' AND i.worker_id = p_worker
+                         AND i.batch_id = o.bid) ORDER BY o.k)
+      INTO v_held
+      FROM unnest(v_bids) WITH ORDINALITY AS o(bid, k);
 
     -- (5)
     LOOP
@@ -667,10 +681,10 @@ BEGIN
             WITH a AS (
                 SELECT u.k, u.bid, u.prio, u.route, u.cur, u.hi,
                        v_left / v_nopen
-                       + CASE WHEN row_number() OVER (ORDER BY u.k) <= v_left % v_nopen
+                       + CASE WHEN row_number() OVER (ORDER BY u.held, u.k) <= v_left % v_nopen
                               THEN 1 ELSE 0 END AS q
-                  FROM unnest(v_bids, v_prio, v_route, v_cur, v_hi, v_open)
-                       WITH ORDINALITY AS u(bid, prio, route, cur, hi, open, k)
+                  FROM unnest(v_bids, v_prio, v_route, v_cur, v_hi, v_open, v_held)
+                       WITH ORDINALITY AS u(bid, prio, route, cur, hi, open, held, k)
                  WHERE u.open
             )
             SELECT a.k, a.q, count(x.id)::int AS n, max(x.id) AS last,
@@ -694,6 +708,7 @@ BEGIN
         LOOP
             v_ids := v_ids || r.ids;
             v_left := v_left - r.n;
+            v_held[r.k] := v_held[r.k] + r.n;
             IF r.n < r.q THEN
                 v_open[r.k] := false;      -- drained (for now)
             ELSE

@@ -15,6 +15,8 @@ instant may more than N of those intervals overlap.
       of a batch waiting for a slot says so; /v1/status shows the slots.
   (2) fair share: a 400-item batch, then a 6-item one of equal priority,
       N = 2: the small one ends while the large one has most items left.
+      (2b) the same behind a rate-limited provider's queue: a small batch
+      submitted after the large one filled it is served in turn, not last.
   (3) N = 0 (the default): as before, FIFO (the small batch starts after
       every item of the large one), and batch_slots is never written.
   (4) two batchd processes on one database, N = 2: never more than 2.
@@ -202,6 +204,51 @@ def test_fair_share_small_beside_large(db, conn, mock, batchd_factory):
     assert s["finished_at"] < b["finished_at"]
     # the small one ended while the large one had most of its items left
     assert done < 100, f"the large batch had {done}/400 items done when the small one ended"
+
+
+def test_late_small_batch_not_behind_provider_queue(db, conn, mock, batchd_factory):
+    """(2b) A rate-limited provider: the claim hands out up to max_inflight
+    items, which wait in the provider's local queue for a token. A small
+    batch that gets its slot after the large one has filled that queue must
+    not wait behind all of it: the queue takes turns by batch, and the
+    one-item claims that follow each completion go to the batch this worker
+    holds fewest of (not always to the first slot). Without either, the
+    small batch ends ~5 s (queue FIFO) or ~4 s (claims to the first slot)
+    after its submission; with both, ~1.2 s."""
+    provs = {"p": {"url": mock.url("/item/{id}") + "?latency_ms=10", "timeout": "10s",
+                   "retries": "0", "rate": "5/s", "burst": "1"}}
+    batchd_factory(db=db, providers=provs, routes=route(2), max_inflight=20)
+    big = submit(conn, TENANT, ROUTE, items(40, "big"))
+
+    def big_done():
+        return conn.execute("SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s "
+                            "AND status = 'succeeded'", (big,)).fetchone()["n"]
+
+    # about 1 s of it ran (5/s): its claimed items fill the provider's queue
+    wait_until(lambda: big_done() >= 5, timeout=15, desc="5 items of the large batch done")
+    queued = conn.execute("SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s "
+                          "AND status = 'running'", (big,)).fetchone()["n"]
+    assert queued >= 10, f"only {queued} items of the large batch claimed: queue not filled"
+    small = submit(conn, TENANT, ROUTE, items(3, "small"))
+    all_succeeded(conn, [big, small])
+    s = conn.execute("SELECT created_at, started_at, finished_at FROM batchd.batches "
+                     "WHERE id = %s", (small,)).fetchone()
+    b = conn.execute("SELECT started_at, finished_at FROM batchd.batches WHERE id = %s",
+                     (big,)).fetchone()
+    big_left = conn.execute("SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s "
+                            "AND finished_at > %s", (big, s["finished_at"])).fetchone()["n"]
+    took = (s["finished_at"] - s["created_at"]).total_seconds()
+    t0 = b["started_at"]
+    print(f"\nsmall batch: submitted at {(s['created_at'] - t0).total_seconds():.2f}s, "
+          f"ended at {(s['finished_at'] - t0).total_seconds():.2f}s ({took:.2f}s after its "
+          f"submission); large ended at {(b['finished_at'] - t0).total_seconds():.2f}s, "
+          f"{big_left}/40 of its items left when the small one ended "
+          f"({queued} claimed when the small one was submitted)")
+    # 3 items at 5/s shared with the large batch: about 1.2 s plus a claim;
+    # behind the large batch's queued items (FIFO) it took ~4 s or more
+    assert took < 2.5, f"the small batch took {took:.2f}s from its submission"
+    assert big_left > 15, f"the large batch had only {big_left}/40 items left"
+    assert s["finished_at"] < b["finished_at"]
 
 
 # ------------------------------------------------------------------ (3)
