@@ -381,6 +381,8 @@ def test_quote_fanout_private_cluster(tmp_path):
     # batch_concurrency = 3: three jobs at once, the fourth after one ended
     assert res["max_jobs_at_once"] == 3
     assert res["fourth_started_after_an_end"] is True
+    # served in turn, not behind the calls of jobs 1-3 waiting for the rate
+    assert res["fourth_ended_before_job_1"] is True, "fourth ended before job 1"
     assert "at most 3 jobs ran at once" in out
 
     def per(total, succeeded, failed):
