@@ -146,6 +146,100 @@ static void on_login_timer(ProvState *ps, void *arg)
 }
 static const ProvHandlers handlers = { on_wake, on_login_timer };
 
+static Job *fair_job(Route *r, int64_t id, const char *batch)
+{
+	Job *j = job_new(NULL, id, batch, "{}", 0, 3);
+	j->route = r;
+	return j;
+}
+
+/* the job just popped starts on ps (and ends at once) */
+static void fair_start(ProvState *ps, Job *j)
+{
+	provider_started(ps, j);
+	provider_aborted(ps, j);
+}
+
+/* Routes with batch_concurrency: the queue takes turns by batch, least
+ * recently started first; other routes' jobs are never overtaken. */
+static void test_provider_queue_fair(void **state)
+{
+	struct event_base *base = event_base_new();
+	Provider p = prov();
+	ProvState *ps = provider_new(base, &p, 100, &handlers, NULL);
+	Route fair, plain;
+	Job *j[12];
+	int n = 0;
+
+	memset(&fair, 0, sizeof(fair));
+	memset(&plain, 0, sizeof(plain));
+	fair.batch_concurrency = 2;
+	/* A1 A2 A3 B1 B2: A first (ties: queue order), then B, then A again */
+	j[n++] = fair_job(&fair, 1, "A");
+	j[n++] = fair_job(&fair, 2, "A");
+	j[n++] = fair_job(&fair, 3, "A");
+	j[n++] = fair_job(&fair, 4, "B");
+	j[n++] = fair_job(&fair, 5, "B");
+	for (int i = 0; i < 5; i++)
+		provider_push(ps, j[i]);
+	assert_int_equal(ps->nfair, 5);
+	assert_ptr_equal(provider_pop(ps), j[0]);
+	assert_int_equal(j[0]->state, JOB_NEW);
+	fair_start(ps, j[0]);
+	assert_ptr_equal(provider_pop(ps), j[3]);
+	fair_start(ps, j[3]);
+	/* a batch never started here goes first */
+	j[n++] = fair_job(&fair, 6, "C");
+	provider_push(ps, j[5]);
+	assert_ptr_equal(provider_pop(ps), j[5]);
+	fair_start(ps, j[5]);
+	assert_ptr_equal(provider_pop(ps), j[1]);   /* A: least recently started */
+	fair_start(ps, j[1]);
+	/* out of the middle keeps the counts */
+	provider_unqueue(ps, j[4]);
+	assert_int_equal(j[4]->state, JOB_NEW);
+	assert_int_equal(ps->nqueued, 1);
+	assert_int_equal(ps->nfair, 1);
+	assert_ptr_equal(provider_pop(ps), j[2]);
+	fair_start(ps, j[2]);
+	assert_null(provider_pop(ps));
+	assert_int_equal(ps->nfair, 0);
+	assert_null(ps->qtail);
+
+	/* another route's job is never overtaken: B2 X D1 -> B2, X, D1 (D never
+	 * started: it would go before B2 only); X first at the head: X */
+	j[n++] = fair_job(&plain, 7, "X");
+	j[n++] = fair_job(&fair, 8, "D");
+	provider_push(ps, j[4]);
+	provider_push(ps, j[6]);
+	provider_push(ps, j[7]);
+	assert_int_equal(ps->nfair, 2);
+	assert_ptr_equal(provider_pop(ps), j[4]);
+	assert_ptr_equal(provider_pop(ps), j[6]);
+	assert_ptr_equal(provider_pop(ps), j[7]);
+	assert_int_equal(ps->nfair, 0);
+	assert_int_equal(ps->nqueued, 0);
+	assert_null(ps->qhead);
+	assert_null(ps->qtail);
+	/* the tail stays right when the chosen job is the last one */
+	provider_push(ps, j[4]);
+	provider_push(ps, j[7]);
+	assert_ptr_equal(provider_pop(ps), j[7]);
+	assert_ptr_equal(ps->qtail, j[4]);
+	provider_push(ps, j[6]);
+	assert_ptr_equal(j[4]->qnext, j[6]);
+	assert_ptr_equal(provider_pop(ps), j[4]);
+	assert_ptr_equal(provider_pop(ps), j[6]);
+	assert_null(provider_pop(ps));
+
+	for (int i = 0; i < n; i++) {
+		job_set_state(j[i], JOB_DONE);
+		job_free(j[i]);
+	}
+	provider_free(ps);
+	event_base_free(base);
+}
+
 static void test_provider_queue(void **state)
 {
 	struct event_base *base = event_base_new();
@@ -387,6 +481,7 @@ int main(void)
 		cmocka_unit_test(test_backoff),
 		cmocka_unit_test(test_job_states),
 		cmocka_unit_test(test_provider_queue),
+		cmocka_unit_test(test_provider_queue_fair),
 		cmocka_unit_test(test_provider_gate),
 		cmocka_unit_test(test_provider_slow_start),
 		cmocka_unit_test(test_login_answer),
