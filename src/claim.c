@@ -25,7 +25,7 @@
  * rate-limited provider holds next to none beyond the configured floor,
  * and a fleet shares the queue as before; AHEAD_MAX bounds it at any rate.
  */
-#define CLAIM_SPACING_US 5000
+#define CLAIM_SPACING_US 15000
 #define AHEAD_MAX 1000
 
 struct Claimer {

@@ -197,7 +197,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
  * max_inflight 10); a statement per FLUSH_SPACING_US of outcomes shares
  * them whatever max_inflight is, for at most that much delay.
  */
-#define FLUSH_SPACING_US 5000
+#define FLUSH_SPACING_US 15000
 
 static int flush_threshold(const Completer *c)
 {
