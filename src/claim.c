@@ -24,8 +24,12 @@
  * items for about CLAIM_SPACING_US + 2 round trips of work: a slow or
  * rate-limited provider holds next to none beyond the configured floor,
  * and a fleet shares the queue as before; AHEAD_MAX bounds it at any rate.
+ * A claim costs the database about 1 ms beyond its items (the function, its
+ * pickers' planning, the commit): at 5,000 items/s (B2: 200 ms answers, 1,000
+ * in flight) 30 ms instead of 15 took the DB CPU per item from 48-49 to
+ * 43-44 us, with 75 more items held (0.1 MiB).
  */
-#define CLAIM_SPACING_US 15000
+#define CLAIM_SPACING_US 30000
 #define AHEAD_MAX 1000
 
 struct Claimer {

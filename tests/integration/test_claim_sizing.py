@@ -32,7 +32,7 @@ def test_small_max_inflight_fast_provider_shares_statements(db, conn, mock, batc
     # max_inflight 10 and a provider answering at once: the old sizing claimed
     # when one slot was free (one or two items a statement) and flushed every
     # five outcomes. Sized by the rate, a claim carries the items of about
-    # 15 ms of drain and so does a completion statement.
+    # 30 ms of drain, and a completion statement about 15 ms.
     n = 4000
     d = start(batchd_factory, db, mock, mock.url("/item/{id}"), max_inflight=10)
     m0 = metrics(d)
@@ -68,7 +68,7 @@ def test_small_max_inflight_fast_provider_shares_statements(db, conn, mock, batc
 
 
 def test_slow_provider_keeps_the_floor(db, conn, mock, batchd_factory):
-    # 300 ms answers, max_inflight 10: about 33 items/s, so 15 ms plus two claim
+    # 300 ms answers, max_inflight 10: about 33 items/s, so 30 ms plus two claim
     # round trips of drain is well under one item: the local queue stays at
     # its floor (a tenth of max_inflight) and the process never holds more
     # than max_inflight + 1 items.

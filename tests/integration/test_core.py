@@ -576,12 +576,17 @@ def test_higher_priority_batch_submitted_mid_drain_goes_first(db, conn, mock, ba
         "SELECT (SELECT created_at FROM batchd.batches WHERE id = %(h)s) AS submitted, "
         "       (SELECT max(started_at) FROM batchd.items WHERE batch_id = %(h)s) AS last_high",
         {"h": high}).fetchone()
-    # low-priority items claimed between the high batch's submit and the
-    # claim of its last item: at most what was in flight or being claimed at
-    # the submit (max_inflight 10 + claim_ahead 1), whatever the claim size
+    # low-priority items started between the high batch's submit and the
+    # start of its last item: at most what was in flight or held at the
+    # submit: max_inflight 10 plus the local queue, which at about 1,000
+    # items/s (10 in flight, 10 ms answers) holds what 30 ms and two claim
+    # round trips drain, about 36 (src/claim.c, CLAIM_SPACING_US); 29 seen.
+    # Were the NOTIFY not to send the claim back to the head, the high batch
+    # would wait for the next claim from the head (at most 500 ms later):
+    # 140 seen with claim_wake's reset of resume_ok removed.
     n_low = count(conn, "SELECT count(*) AS n FROM batchd.items WHERE batch_id = %s "
                         "AND started_at > %s AND started_at < %s", low, r["submitted"], r["last_high"])
-    assert n_low <= 22, f"{n_low} low-priority items were claimed while the high batch waited"
+    assert n_low <= 50, f"{n_low} low-priority items were claimed while the high batch waited"
     assert batch(conn, low)["status"] != "completed", "the low batch ended first: nothing measured"
     assert wait_batch_done(conn, low, timeout=60)["status"] == "completed"
     assert check_consistency(conn) == []
