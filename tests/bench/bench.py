@@ -20,6 +20,10 @@ all on 127.0.0.1, and prints ONE table on stdout (progress goes to stderr):
       claim to the last completion (batches.started_at .. finished_at); ratio to
       min(C1, C2).
   B2  latency-bound: latency 200 ms, max_inflight 1000; ratio to 1000 / 0.2 s.
+      B2.steady (shown only): the items started from 1 s after the first claim
+      on, over the time from then to the last completion: the same drain
+      without the provider's slow start (its first round trip at a window of
+      breaker_failures, issue #18), the tail kept.
   B3  pickup latency: idle batchd, single-item batches 20 ms apart; submit commit
       (client clock right after the commit returned) -> mock arrival ("t" of
       /_mock/requests); both CLOCK_REALTIME on this host.
@@ -100,7 +104,7 @@ NEEDS = {"B1": ["C1", "C2"], "B8": ["B1"], "B5": ["B2", "B6"], "B9": ["C1", "C2"
 # B9: B1's drain at each of these max_inflight
 SWEEP = [10, 50, 200, 1000]
 # every row the table has, in order (the smoke test checks each is printed)
-ROW_IDS = ["C1", "C2", "B1", "B2", "B3.p50", "B3.p95", "B3.p99", "B4.sql", "B4.rest",
+ROW_IDS = ["C1", "C2", "B1", "B2", "B2.steady", "B3.p50", "B3.p95", "B3.p99", "B4.sql", "B4.rest",
            "B5.peak", "B5.growth", "B6", "B6.trend", "B7.rate", "B7.window", "B8.batchd", "B8.db"
            ] + [f"B9.{m}" for m in SWEEP]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -995,6 +999,16 @@ UPDATE c1.items AS i
         rate = done / span
         ideal = 1000 / 0.2
         ratio = rate / ideal
+        # from 1 s after the first claim (a fifth of the span in --quick's small run)
+        off = min(1.0, span / 5)
+        with self.pg.connect(db) as c:
+            late, late_s = c.execute(
+                "WITH t0 AS (SELECT min(started_at) + make_interval(secs => %s) AS t "
+                "FROM batchd.batches) "
+                "SELECT count(*) FILTER (WHERE i.started_at >= t0.t), "
+                "extract(epoch FROM max(i.finished_at) - t0.t) "
+                "FROM batchd.items AS i, t0 GROUP BY t0.t", (off,)).fetchone()
+        steady = int(late) / float(late_s) if late_s and float(late_s) > 0 else None
         self.details["B2"] = dict(items=done, seconds=span, items_per_s=rate, ideal=ideal,
                                   mock_max_inflight=stats.get("max_inflight"),
                                   timed_out=bool(p.get("timed_out")))
@@ -1005,8 +1019,14 @@ UPDATE c1.items AS i
         if c1_us:
             note += f"; DB/item {db_us / c1_us:.2f}x C1's"
         self.row("B2", "latency-bound: 200 ms, max_inflight 1000", rate, "items/s", ideal,
-                 "1000 / 0.2 s", ratio, ">= 0.97", ratio >= 0.97, note,
+                 "1000 / 0.2 s", ratio, ">= 0.98", ratio >= 0.98, note,
                  db_us=db_us, bd_us=bd_cpu / max(done, 1) * 1e6)
+        if steady:
+            self.details["B2"].update(steady_items=int(late), steady_seconds=float(late_s),
+                                      steady_items_per_s=steady)
+            self.row("B2.steady", f"B2 from {off:g} s after the first claim (no slow start)",
+                     steady, "items/s", ideal, "1000 / 0.2 s", steady / ideal, "(shown only)",
+                     None, f"{int(late):,} items started in the last {float(late_s):.2f} s")
         log(f"B2: {rate:,.0f} items/s ({ratio:.3f} of ideal); mock max in flight "
             f"{stats.get('max_inflight')}")
         hwm = mem.get("VmHWM", 0)
