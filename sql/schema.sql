@@ -758,6 +758,7 @@ COMMENT ON FUNCTION batchd.claim_items(p_worker uuid, p_routes text[], p_limit i
 CREATE FUNCTION batchd.claim_items(p_worker uuid, p_routes text[], p_limit integer, p_after_priority integer, p_after_id bigint) RETURNS TABLE(id bigint, batch_id uuid, route text, payload jsonb, attempts integer, max_attempts integer, group_key text, priority integer)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'batchd'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 #variable_conflict use_column
 DECLARE
