@@ -58,6 +58,39 @@ def mock_bin():
         REPO, "tests", "mock", "mock_provider")
 
 
+def batchctl_bin():
+    """BATCHCTL_BIN, else build/dev/batchctl, else ./batchctl of the tree."""
+    env = os.environ.get("BATCHCTL_BIN")
+    if env:
+        return env
+    for cand in (os.path.join(REPO, "build", "dev", "batchctl"), os.path.join(REPO, "batchctl")):
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    pytest.fail("batchctl not found: build it (make batchctl) or set BATCHCTL_BIN")
+
+
+def run_ctl(args, url=None, token=None, input=None, timeout=60, env=None, database=None):
+    """Run batchctl; returns CompletedProcess (text). Never inherits BATCHD_*
+    or CREDENTIALS_DIRECTORY from the caller's environment (env= sets them);
+    sanitizer reports fail the test."""
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith("BATCHD_") and k != "CREDENTIALS_DIRECTORY"}
+    full.update(SANITIZER_ENV)
+    if url is not None:
+        full["BATCHD_URL"] = url
+    if token is not None:
+        full["BATCHD_TOKEN"] = token
+    if database is not None:
+        full["BATCHD_DATABASE"] = database
+    if env:
+        full.update(env)
+    r = subprocess.run([batchctl_bin()] + [str(a) for a in args], capture_output=True,
+                       text=True, timeout=timeout, env=full, input=input,
+                       stdin=None if input is not None else subprocess.DEVNULL)
+    assert_no_sanitizer_report(r.stdout + r.stderr, "batchctl")
+    return r
+
+
 def require_binary(path, what):
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         pytest.fail(f"{what} not found at {path}: build it first (make) or set "

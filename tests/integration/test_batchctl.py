@@ -21,42 +21,12 @@ import uuid
 
 import pytest
 
-from conftest import (REPO, SANITIZER_ENV, assert_no_sanitizer_report, batch, free_port,
-                      http_get, items, render_config, submit, wait_batch_done, wait_until)
+from conftest import (REPO, SANITIZER_ENV, assert_no_sanitizer_report, batch, batchctl_bin, free_port,
+                      http_get, items, render_config, run_ctl, submit, wait_batch_done, wait_until)
 
 ROUTE = "verify"
 TENANT = "acme"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-def batchctl_bin():
-    env = os.environ.get("BATCHCTL_BIN")
-    if env:
-        return env
-    for cand in (os.path.join(REPO, "build", "dev", "batchctl"), os.path.join(REPO, "batchctl")):
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    pytest.fail("batchctl not found: build it (make batchctl) or set BATCHCTL_BIN")
-
-
-def run_ctl(args, url=None, token=None, input=None, timeout=60, env=None, database=None):
-    """Run batchctl; returns CompletedProcess (text). Never inherits BATCHD_*
-    from the caller's environment; sanitizer reports fail the test."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    full.update(SANITIZER_ENV)
-    if url is not None:
-        full["BATCHD_URL"] = url
-    if token is not None:
-        full["BATCHD_TOKEN"] = token
-    if database is not None:
-        full["BATCHD_DATABASE"] = database
-    if env:
-        full.update(env)
-    r = subprocess.run([batchctl_bin()] + [str(a) for a in args], capture_output=True,
-                       text=True, timeout=timeout, env=full, input=input,
-                       stdin=None if input is not None else subprocess.DEVNULL)
-    assert_no_sanitizer_report(r.stdout + r.stderr, "batchctl")
-    return r
 
 
 def ready(url):

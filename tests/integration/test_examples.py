@@ -24,16 +24,12 @@ import subprocess
 
 import pytest
 
-from conftest import (REPO, SANITIZER_ENV, SANITIZER_MARKERS, batchd_bin, mock_bin, read_text,
+from conftest import (REPO, SANITIZER_ENV, SANITIZER_MARKERS, batchctl_bin, batchd_bin, mock_bin, read_text,
                       require_binary, run_batchd, submit, tail)
 
 EXAMPLES = os.path.join(REPO, "contrib", "examples")
 NAMES = ["registry-verification", "activity-batches", "account-sync", "crash-recovery",
          "quote-fanout"]
-
-
-def batchctl_bin():
-    return os.environ.get("BATCHCTL_BIN") or os.path.join(REPO, "batchctl")
 
 
 def run_example(name, tmp_path, db=None, timeout=90):

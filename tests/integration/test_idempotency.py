@@ -7,14 +7,11 @@ goes down and up again."""
 
 import http.client
 import json
-import os
-import subprocess
 import threading
 
 import pytest
 
-from conftest import (REPO, SANITIZER_ENV, assert_no_sanitizer_report, check_consistency,
-                      migrate)
+from conftest import check_consistency, migrate, run_ctl
 
 ROUTE = "verify"
 OTHER = "other"
@@ -279,25 +276,6 @@ def test_migration_012_down_and_up(db, conn, tmp_path):
 
 
 # ------------------------------------------------------------------ batchctl
-
-def batchctl_bin():
-    env = os.environ.get("BATCHCTL_BIN")
-    if env:
-        return env
-    for cand in (os.path.join(REPO, "build", "dev", "batchctl"), os.path.join(REPO, "batchctl")):
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    pytest.fail("batchctl not found: build it (make batchctl) or set BATCHCTL_BIN")
-
-
-def run_ctl(args, url, tok):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    env.update(SANITIZER_ENV, BATCHD_URL=url, BATCHD_TOKEN=tok)
-    r = subprocess.run([batchctl_bin()] + [str(a) for a in args], capture_output=True,
-                       text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
-    assert_no_sanitizer_report(r.stdout + r.stderr, "batchctl")
-    return r
-
 
 def test_batchctl_submit_reused_key(db, conn, mock, batchd_factory, tmp_path):
     d = start(db, mock, batchd_factory)

@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 
-from conftest import REPO, SANITIZER_ENV, assert_no_sanitizer_report, wait_until
+from conftest import SANITIZER_ENV, assert_no_sanitizer_report, batchctl_bin, wait_until
 
 ROUTE = "verify"
 TENANT = "acme"
@@ -49,10 +49,6 @@ class Client:
 
     def progress(self, bid):
         return self.ok("GET", f"/v1/batches/{bid}/progress")
-
-
-def batchctl_bin():
-    return os.environ.get("BATCHCTL_BIN") or os.path.join(REPO, "batchctl")
 
 
 def start_watch(d, token, bid):

@@ -5,41 +5,15 @@ last_used_at at most once a minute."""
 
 import http.client
 import json
-import os
 import re
-import subprocess
 
 import pytest
 
-from conftest import REPO, SANITIZER_ENV, assert_no_sanitizer_report
+from conftest import run_ctl as ctl
 
 ROUTE = "verify"
 TS_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 RFC3339_US = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
-
-
-def batchctl_bin():
-    env = os.environ.get("BATCHCTL_BIN")
-    if env:
-        return env
-    for cand in (os.path.join(REPO, "build", "dev", "batchctl"), os.path.join(REPO, "batchctl")):
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    pytest.fail("batchctl not found: build it (make batchctl) or set BATCHCTL_BIN")
-
-
-def ctl(args, database=None, input=None, env=None):
-    full = {k: v for k, v in os.environ.items()
-            if not k.startswith("BATCHD_") and k != "CREDENTIALS_DIRECTORY"}
-    full.update(SANITIZER_ENV)
-    if database is not None:
-        full["BATCHD_DATABASE"] = database
-    full.update(env or {})
-    r = subprocess.run([batchctl_bin()] + [str(a) for a in args], capture_output=True,
-                       text=True, timeout=60, env=full, input=input,
-                       stdin=None if input is not None else subprocess.DEVNULL)
-    assert_no_sanitizer_report(r.stdout + r.stderr, "batchctl")
-    return r
 
 
 def ok(r):
