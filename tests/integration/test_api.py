@@ -7,16 +7,13 @@ database stays unchanged."""
 import base64
 import http.client
 import json
-import os
 import socket
 import threading
-import time
 import uuid
 
 import pytest
 
-from conftest import (check_consistency, free_port, render_config, submit, wait_batch_done,
-                      wait_until)
+from conftest import check_consistency, free_port, render_config, submit, wait_until
 
 ROUTE = "verify"
 HOLD = "hold"
@@ -897,7 +894,7 @@ def test_database_down_gives_503(mock, batchd_factory, tmp_path):
 # ------------------------------------------------------------------ stop
 
 def test_stop_with_requests_and_streams_in_flight(db, blocked):
-    a, conn = blocked.a, blocked.conn
+    conn = blocked.conn
     bid = conn.execute(
         "SELECT batchd.submit_batch(%s, %s, (SELECT jsonb_agg(jsonb_build_object('id', g, "
         "'pad', repeat('y', 1000))) FROM generate_series(1, 20000) AS g)) AS id",

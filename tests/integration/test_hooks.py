@@ -25,7 +25,6 @@ The hook functions are the tests' own (schema app, created before batchd
 starts, since batchd validates them at start).
 """
 
-import re
 import uuid
 
 import psycopg
@@ -33,8 +32,7 @@ import pytest
 
 import chaos
 from chaos import Fleet, install_audit
-from conftest import (batch, check_consistency, migrate, submit, tail, wait_batch_done,
-                      wait_until)
+from conftest import batch, check_consistency, migrate, submit, wait_batch_done, wait_until
 
 ROUTE = "hooked"
 

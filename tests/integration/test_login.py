@@ -293,7 +293,7 @@ def test_wrong_password_without_a_fallback_items_wait_in_the_queue(db, conn, moc
         assert all(it["attempts"] == 0 for it in rows if it["status"] == "queued"), rows
         time.sleep(0.1)
     assert mock.stats()["requests"] == 0, "no item request without a token"
-    assert f"back to the queue for" in d.log() and why in d.log()
+    assert "back to the queue for" in d.log() and why in d.log()
     st = provider_status(d, conn, "p")["login"]
     assert st["last_error"] == "login answered HTTP 401" and st["failures"] >= 3, st
 

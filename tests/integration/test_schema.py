@@ -17,8 +17,6 @@ import glob
 import os
 import re
 
-import pytest
-
 from conftest import (REPO, dump_schema, migrate, restore_dump, run_batchd,
                       write_minimal_config)
 
