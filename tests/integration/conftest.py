@@ -69,10 +69,10 @@ def batchctl_bin():
     pytest.fail("batchctl not found: build it (make batchctl) or set BATCHCTL_BIN")
 
 
-def run_ctl(args, url=None, token=None, input=None, timeout=60, env=None, database=None):
-    """Run batchctl; returns CompletedProcess (text). Never inherits BATCHD_*
-    or CREDENTIALS_DIRECTORY from the caller's environment (env= sets them);
-    sanitizer reports fail the test."""
+def batchctl_env(url=None, token=None, database=None, env=None):
+    """The environment of a batchctl run: never BATCHD_* or
+    CREDENTIALS_DIRECTORY from the caller's (the arguments and env= set
+    them), and the sanitizer options."""
     full = {k: v for k, v in os.environ.items()
             if not k.startswith("BATCHD_") and k != "CREDENTIALS_DIRECTORY"}
     full.update(SANITIZER_ENV)
@@ -84,6 +84,13 @@ def run_ctl(args, url=None, token=None, input=None, timeout=60, env=None, databa
         full["BATCHD_DATABASE"] = database
     if env:
         full.update(env)
+    return full
+
+
+def run_ctl(args, url=None, token=None, input=None, timeout=60, env=None, database=None):
+    """Run batchctl to completion in batchctl_env(); returns CompletedProcess
+    (text); sanitizer reports fail the test."""
+    full = batchctl_env(url, token, database, env)
     r = subprocess.run([batchctl_bin()] + [str(a) for a in args], capture_output=True,
                        text=True, timeout=timeout, env=full, input=input,
                        stdin=None if input is not None else subprocess.DEVNULL)

@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from conftest import (REPO, SANITIZER_ENV, assert_no_sanitizer_report, batch, batchctl_bin, free_port,
+from conftest import (REPO, assert_no_sanitizer_report, batch, batchctl_bin, batchctl_env, free_port,
                       http_get, items, render_config, run_ctl, submit, wait_batch_done, wait_until)
 
 ROUTE = "verify"
@@ -309,10 +309,9 @@ def test_watch_survives_daemon_restart(db, conn, mock, batchd_factory):
     first = start()
     token = create_token(db.conninfo)
     bid = submit(conn, TENANT, ROUTE, [{"id": i} for i in range(40)])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    env.update(SANITIZER_ENV, BATCHD_URL=url, BATCHD_TOKEN=token)
     watch = subprocess.Popen([batchctl_bin(), "watch", "--interval", "200ms", bid],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=batchctl_env(url, token),
                              stdin=subprocess.DEVNULL)
     try:
         wait_until(lambda: batch(conn, bid)["succeeded"] >= 4, timeout=20, desc="some progress")

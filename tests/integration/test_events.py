@@ -8,10 +8,8 @@ views batchd.batch_status and batchd.tenant_stats."""
 import base64
 import http.client
 import json
-import os
-import subprocess
 
-from conftest import REPO, SANITIZER_ENV, assert_no_sanitizer_report, wait_until
+from conftest import run_ctl, wait_until
 
 ROUTE = "verify"
 TENANT_A = "tenant-a"
@@ -146,12 +144,7 @@ def test_retry_cap(db, conn, mock, batchd_factory):
     ev = [e["event"] for e in a.ok("GET", f"/v1/batches/{bid}/events")["events"]]
     assert ev.count("retried") == 2, ev
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    env.update(SANITIZER_ENV, BATCHD_URL=d.base, BATCHD_TOKEN=a.token)
-    ctl = os.environ.get("BATCHCTL_BIN") or os.path.join(REPO, "batchctl")
-    r = subprocess.run([ctl, "retry", bid], capture_output=True, text=True, env=env, timeout=60,
-                       stdin=subprocess.DEVNULL)
-    assert_no_sanitizer_report(r.stdout + r.stderr, "batchctl")
+    r = run_ctl(["retry", bid], d.base, a.token)
     assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
     assert "max_batch_retries (2)" in r.stderr and "HTTP 409" in r.stderr, r.stderr
     assert "hint: batchctl results --status failed" in r.stderr, r.stderr

@@ -7,11 +7,10 @@ with different priorities, an open breaker, a cancel while items run."""
 
 import http.client
 import json
-import os
 import subprocess
 import time
 
-from conftest import SANITIZER_ENV, assert_no_sanitizer_report, batchctl_bin, wait_until
+from conftest import assert_no_sanitizer_report, batchctl_bin, batchctl_env, wait_until
 
 ROUTE = "verify"
 TENANT = "acme"
@@ -53,10 +52,9 @@ class Client:
 
 def start_watch(d, token, bid):
     """batchctl watch in the background, plain lines (stdout is a pipe)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    env.update(SANITIZER_ENV, BATCHD_URL=d.base, BATCHD_TOKEN=token)
     return subprocess.Popen([batchctl_bin(), "watch", "--interval", "200ms", bid],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=batchctl_env(d.base, token),
                             stdin=subprocess.DEVNULL)
 
 
