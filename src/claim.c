@@ -126,7 +126,11 @@ static void claim_done(PGresult *res, void *arg)
 		c->statements++;
 		double rtt = (double)(now - c->sent_us);
 
-		c->rtt_us = c->rtt_us > 0 ? 0.8 * c->rtt_us + 0.2 * rtt : rtt;
+		/* a faster claim replaces the estimate, a slower one moves it by
+		 * a fifth: the first claims of a connection are cold (function
+		 * compilation, plans, caches: 100 ms and more under a sanitizer)
+		 * and must not keep the local queue above its floor for seconds */
+		c->rtt_us = c->rtt_us > 0 && rtt > c->rtt_us ? 0.8 * c->rtt_us + 0.2 * rtt : rtt;
 	}
 	if (n > 0)
 		log_debug("claimed %d item(s)%s", n, c->resumed ? " (resumed)" : "");
