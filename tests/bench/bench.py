@@ -15,6 +15,9 @@ all on 127.0.0.1, and prints ONE table on stdout (progress goes to stderr):
       per item on a table shaped like batchd.items (same columns, indexes and
       storage options): claim up to 100 with FOR UPDATE SKIP LOCKED, complete
       them in one statement, two transactions per 100 items, as batchd does.
+      Three runs, each on a fresh table; the median is the ceiling (one run
+      swings 36,000-55,000 items/s back to back on a quiet 2-CPU machine),
+      the spread and the WAL bytes per item are in the note.
   C2  provider ceiling: wrk -t1 -c64 (keep-alive) against the mock, latency 0.
   B1  throughput: N items, latency 0, max_inflight 256; items/s from the first
       claim to the last completion (batches.started_at .. finished_at); ratio to
@@ -24,6 +27,8 @@ all on 127.0.0.1, and prints ONE table on stdout (progress goes to stderr):
       on, over the time from then to the last completion: the same drain
       without the provider's slow start (its first round trip at a window of
       breaker_failures, issue #18), the tail kept.
+      B2.loss (shown only): the span beyond n x 200 ms / 1000, by phase, from
+      the mock's own arrival and answer times (see b2_losses).
   B3  pickup latency: idle batchd, single-item batches 20 ms apart; submit commit
       (client clock right after the commit returned) -> mock arrival ("t" of
       /_mock/requests); both CLOCK_REALTIME on this host.
@@ -46,7 +51,10 @@ all on 127.0.0.1, and prints ONE table on stdout (progress goes to stderr):
   B9  B1's drain (latency 0) at max_inflight 10, 50, 200 and 1000, each over
       b9_items items: items/s against min(C1, C2), with the DB and batchd CPU
       per item; the DB's beside C1's own, and the WAL bytes per item
-      (pg_current_wal_lsn before and after the drain) in the note.
+      (pg_current_wal_lsn before and after the drain) in the note, and
+      batchd's CPU per item over the mock's CPU per request in C2: the same
+      mock binary under wrk, an index of the machine's speed of the moment
+      (it read 14.7 and 19.7 us an hour apart on one machine), shown only.
 
 The columns "DB us/item" and "batchd us/item" give, beside each throughput,
 the CPU per item of the whole cluster and of batchd during that drain.
@@ -104,18 +112,18 @@ NEEDS = {"B1": ["C1", "C2"], "B8": ["B1"], "B5": ["B2", "B6"], "B9": ["C1", "C2"
 # B9: B1's drain at each of these max_inflight
 SWEEP = [10, 50, 200, 1000]
 # every row the table has, in order (the smoke test checks each is printed)
-ROW_IDS = ["C1", "C2", "B1", "B2", "B2.steady", "B3.p50", "B3.p95", "B3.p99", "B4.sql", "B4.rest",
+ROW_IDS = ["C1", "C2", "B1", "B2", "B2.steady", "B2.loss", "B3.p50", "B3.p95", "B3.p99", "B4.sql", "B4.rest",
            "B5.peak", "B5.growth", "B6", "B6.trend", "B7.rate", "B7.window", "B8.batchd", "B8.db"
            ] + [f"B9.{m}" for m in SWEEP]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SIZES = {
-    "full": dict(c1_items=200_000, c1_clients=4, c2_secs=5, b1_items=200_000, b1_chunk=10_000,
+    "full": dict(c1_items=200_000, c1_clients=4, c1_runs=3, c2_secs=5, b1_items=200_000, b1_chunk=10_000,
                  b2_items=50_000, b3_batches=200, b4_items=1_000_000, b4_chunk=10_000,
                  b6_items=1_000_000, b6_chunk=10_000, b7_secs=20,
                  b9_items=40_000, b9_cap=60,
                  b1_cap=150, b2_cap=90, b6_cap=330, submit_cap=240, budget=680),
-    "quick": dict(c1_items=10_000, c1_clients=4, c2_secs=1, b1_items=10_000, b1_chunk=5_000,
+    "quick": dict(c1_items=10_000, c1_clients=4, c1_runs=1, c2_secs=1, b1_items=10_000, b1_chunk=5_000,
                   b2_items=3_000, b3_batches=20, b4_items=20_000, b4_chunk=5_000,
                   b6_items=20_000, b6_chunk=5_000, b7_secs=2,
                   b9_items=2_000, b9_cap=30,
@@ -752,8 +760,31 @@ class Bench:
     # -------------------------------------------------------------- C1
 
     def run_c1(self):
-        n, clients = self.sz["c1_items"], self.sz["c1_clients"]
-        db = self.new_db("c1")
+        """C1, c1_runs times (each on a fresh table): the median run is the
+        ceiling. One pgbench run of this machine read 36,000-55,000 items/s
+        back to back on a quiet machine (its 4 clients' SKIP LOCKED scans
+        meet each other's locks by chance), so one sample is not a ceiling."""
+        n, clients, runs = self.sz["c1_items"], self.sz["c1_clients"], self.sz["c1_runs"]
+        samples = [self.c1_once(n, clients, k) for k in range(runs)]
+        rates = sorted(x["items_per_s"] for x in samples)
+        rate = rates[len(rates) // 2]
+        us = sorted(x["db_cpu_us_per_item"] for x in samples)[len(samples) // 2]
+        wal = sorted(x["wal_bytes_per_item"] for x in samples)[len(samples) // 2]
+        self.c1 = rate
+        self.details["C1"] = dict(items=n, clients=clients, runs=samples, items_per_s=rate,
+                                  db_cpu_us_per_item=us, wal_bytes_per_item=wal,
+                                  indexes=samples[0]["indexes"])
+        note = f"{n:,} items, {samples[0]['indexes']} indexes; WAL {wal:,.0f} B/item"
+        if runs > 1:
+            note = (f"median of {runs} runs ({rates[0]:,.0f}-{rates[-1]:,.0f} items/s, "
+                    f"{min(x['db_cpu_us_per_item'] for x in samples):.1f}-"
+                    f"{max(x['db_cpu_us_per_item'] for x in samples):.1f} us); " + note)
+        self.row("C1", f"DB ceiling: pgbench {clients} clients, claim 100 + complete",
+                 rate, "items/s", note=note, db_us=us)
+        log(f"C1: median {rate:,.0f} items/s, {us:.1f} us DB CPU/item, WAL {wal:,.0f} B/item")
+
+    def c1_once(self, n, clients, k):
+        db = self.new_db(f"c1_{k}")
         pgbench = os.path.join(self.pg.bindir, "pgbench")
         if not os.access(pgbench, os.X_OK):
             raise BenchError(f"pgbench not found at {pgbench} (apt-get install postgresql-15)")
@@ -799,13 +830,16 @@ UPDATE c1.items AS i
         argv = [pgbench, "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
                 "-t", str(per_client), "-f", script, "-h", "127.0.0.1", "-p", str(self.pg.port),
                 "-U", "postgres", db]
-        log(f"C1: pgbench {clients} clients over {n:,} items (table with {nidx} indexes)")
+        log(f"C1 ({k + 1}/{self.sz['c1_runs']}): pgbench {clients} clients over {n:,} items "
+            f"(table with {nidx} indexes)")
+        wal0 = self.wal_lsn(db)
         cpu0 = self.pg.cpu_s()
         r = subprocess.run(argv, capture_output=True, text=True, timeout=300,
                            stdin=subprocess.DEVNULL)
         cpu1 = self.pg.cpu_s()
         if r.returncode != 0:
             raise BenchError(f"pgbench failed ({r.returncode}): {r.stderr[-2000:]}")
+        wal_bytes = self.wal_since(db, wal0)
         m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", r.stdout)
         with self.pg.connect(db) as c:
             done, span = c.execute(
@@ -814,15 +848,12 @@ UPDATE c1.items AS i
         if done != n:
             raise BenchError(f"pgbench drained {done} of {n} items")
         rate = done / float(span)
-        self.c1 = rate
-        self.details["C1"] = dict(items=n, clients=clients, seconds=float(span), items_per_s=rate,
-                                  pgbench_tps=float(m.group(1)) if m else None,
-                                  db_cpu_us_per_item=(cpu1 - cpu0) / n * 1e6, indexes=nidx)
-        self.row("C1", f"DB ceiling: pgbench {clients} clients, claim 100 + complete",
-                 rate, "items/s", note=f"{n:,} items, {nidx} indexes",
-                 db_us=(cpu1 - cpu0) / n * 1e6)
-        log(f"C1: {rate:,.0f} items/s ({(cpu1 - cpu0) / n * 1e6:.1f} us DB CPU/item)")
+        us = (cpu1 - cpu0) / n * 1e6
+        log(f"C1 ({k + 1}/{self.sz['c1_runs']}): {rate:,.0f} items/s ({us:.1f} us DB CPU/item)")
         self.drop_db(db)
+        return dict(seconds=float(span), items_per_s=rate, db_cpu_us_per_item=us,
+                    wal_bytes_per_item=wal_bytes / n, indexes=nidx,
+                    pgbench_tps=float(m.group(1)) if m else None)
 
     def prepare_drain_table(self, db, table):
         with self.pg.connect(db) as c:
@@ -862,8 +893,9 @@ UPDATE c1.items AS i
         self.details["C2"] = dict(req_per_s=rate, seconds=secs, mock_requests=stats["requests"],
                                   mock_cpu_us_per_req=(cpu1 - cpu0) / max(1, stats["requests"]) * 1e6,
                                   wrk_output=r.stdout)
+        mock_us = self.details["C2"]["mock_cpu_us_per_req"]
         self.row("C2", "provider ceiling: wrk -t1 -c64 keep-alive", rate, "req/s",
-                 note=f"mock latency 0, {secs}s")
+                 note=f"mock latency 0, {secs}s; mock CPU {mock_us:.1f} us/request")
         log(f"C2: {rate:,.0f} req/s")
         self.mock.reset()
 
@@ -943,10 +975,18 @@ UPDATE c1.items AS i
             wal0 = self.wal_lsn(db)
             pg0 = self.pg.cpu_s()
             bd = self.batchd(db, f"b9-{mi}", batchd_keys={"max_inflight": mi})
+            perf = None
+            if self.args.perf:
+                perf = PROCS.add(subprocess.Popen(
+                    ["perf", "record", "-F", "1999", "-g", "-o", f"{self.args.perf}.b9-{mi}",
+                     "-p", str(bd.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), "perf")
             bd.wait_ready()
             p = self.drain(db, bd, self.cap(self.sz["b9_cap"]))
             bd_cpu = proc_cpu_s(bd.pid) or 0.0
             pg1 = self.pg.cpu_s()
+            if perf:
+                PROCS.stop(perf, signal.SIGINT)
             wal_bytes = self.wal_since(db, wal0)
             bd.stop()
             span, done = self.batch_span(db)
@@ -962,6 +1002,11 @@ UPDATE c1.items AS i
             if c1_us:
                 note += f"; DB/item {db_us / c1_us:.2f}x C1's"
             note += f"; WAL {wal_bytes / done:,.0f} B/item"
+            c2_us = self.details.get("C2", {}).get("mock_cpu_us_per_req")
+            if c2_us:
+                # the machine's speed of the moment: the same mock binary's
+                # CPU per request under wrk (C2) read 14.7-19.7 us an hour apart
+                note += f"; batchd/item {bd_us / c2_us:.2f}x C2's mock CPU/request"
             if p.get("timed_out"):
                 note += f"; CAPPED at {self.cap(self.sz['b9_cap']):.0f}s"
             self.details["B9"][str(mi)] = dict(items=done, seconds=span, items_per_s=rate,
@@ -994,6 +1039,7 @@ UPDATE c1.items AS i
         rss_max = sampler.finish()
         stats = self.mock.get("/_mock/stats")
         bd.stop()
+        reqs = self.mock.requests()
         self.mock.reset()
         span, done = self.batch_span(db)
         rate = done / span
@@ -1027,6 +1073,15 @@ UPDATE c1.items AS i
             self.row("B2.steady", f"B2 from {off:g} s after the first claim (no slow start)",
                      steady, "items/s", ideal, "1000 / 0.2 s", steady / ideal, "(shown only)",
                      None, f"{int(late):,} items started in the last {float(late_s):.2f} s")
+        loss = self.b2_losses(db, reqs, 1000, 0.2)
+        if loss:
+            self.details["B2"]["losses_s"] = loss
+            self.row("B2.loss", "B2's time beyond n x 200 ms / 1000, by phase", loss["total"], "s",
+                     None, "", None, "(shown only)", None,
+                     f"to 1st request {loss['before']:.3f}, 1st s {loss['first_s']:.3f} "
+                     f"(of it {loss['slow_start']:.3f} before the 1st answer), "
+                     f"steady {loss['steady']:.3f}, tail {loss['tail']:.3f}, "
+                     f"last flush {loss['after']:.3f}, answers over 200 ms {loss['latency']:.3f}")
         log(f"B2: {rate:,.0f} items/s ({ratio:.3f} of ideal); mock max in flight "
             f"{stats.get('max_inflight')}")
         hwm = mem.get("VmHWM", 0)
@@ -1036,6 +1091,54 @@ UPDATE c1.items AS i
                                        samples=sampler.samples,
                                        mock_max_inflight=stats.get("max_inflight"))
         self.drop_db(db)
+
+    def b2_losses(self, db, reqs, window, latency):
+        """Where B2's time beyond n * latency / window goes, in seconds of
+        the whole window, from the mock's own arrival ("t") and answer
+        ("done") times: (window - in flight) integrated over each phase, / window.
+          before      first claim (batches.started_at) -> the first request;
+          first_s     the first second of requests: the slow start's first
+                      round trip (slow_start: up to the first answer), the
+                      window opening, the first waves of answers;
+          steady      from then to the last request's start;
+          tail        the last request's start -> the last answer: nothing
+                      is left to start while the last answers come back;
+          after       the last answer -> batches.finished_at (the last flush);
+          latency     answers slower than `latency` (the mock's own time).
+        The phases add up to the span minus n * latency / window."""
+        done = [r for r in reqs if r.get("done")]
+        if not done:
+            return None
+        with self.pg.connect(db) as c:
+            s0, s1 = c.execute("SELECT extract(epoch FROM min(started_at)), "
+                               "extract(epoch FROM max(finished_at)) FROM batchd.batches").fetchone()
+        s0, s1 = float(s0), float(s1)
+        t0 = min(r["t"] for r in done)
+        t_end = max(r["done"] for r in done)
+        t_last = max(r["t"] for r in done)
+        t_ans = min(r["done"] for r in done)
+        ev = sorted([(r["t"], 1) for r in done] + [(r["done"], -1) for r in done])
+        c1 = min(t_ans, t_last)
+        cuts = [t0, c1, max(c1, min(t0 + 1.0, t_last)), t_last, t_end]
+        deficit = [0.0] * 4          # [t0,t_ans) [t_ans,t0+1) [t0+1,t_last) [t_last,t_end]
+
+        def add(a, b, inflight):
+            for k in range(4):
+                lo, hi = max(a, cuts[k]), min(b, cuts[k + 1])
+                if hi > lo:
+                    deficit[k] += (window - inflight) * (hi - lo)
+        inflight, last = 0, t0
+        for t, d in ev:
+            if t > last:
+                add(last, t, inflight)
+                last = t
+            inflight += d
+        over = sum(r["done"] - r["t"] - latency for r in done) / window
+        d = [x / window for x in deficit]
+        out = dict(before=t0 - s0, slow_start=d[0], first_s=d[0] + d[1], steady=d[2], tail=d[3],
+                   after=s1 - t_end, latency=over)
+        out["total"] = (s1 - s0) - len(done) * latency / window
+        return out
 
     # -------------------------------------------------------------- B3
 
@@ -1516,7 +1619,8 @@ def main(argv=None):
     ap.add_argument("--no-build", action="store_true", help="never build build/bench")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs, cluster)")
     ap.add_argument("--perf", metavar="PATH",
-                    help="perf record -g batchd during B1 into PATH (needs linux-perf)")
+                    help="perf record -g batchd during B1 into PATH, and during each B9 drain "
+                         "into PATH.b9-<max_inflight> (needs linux-perf)")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                     help="first wait (at most SECONDS) until other processes use < 0.2 CPUs")
     ap.add_argument("--pg-stats", action="store_true",
