@@ -16,7 +16,7 @@ all on 127.0.0.1, and prints ONE table on stdout (progress goes to stderr):
       storage options): claim up to 100 with FOR UPDATE SKIP LOCKED, complete
       them in one statement, two transactions per 100 items, as batchd does.
       Three runs, each on a fresh table; the median is the ceiling (one run
-      swings 36,000-55,000 items/s back to back on a quiet 2-CPU machine),
+      swings 23,000-55,000 items/s back to back on a quiet 2-CPU machine),
       the spread and the WAL bytes per item are in the note.
   C2  provider ceiling: wrk -t1 -c64 (keep-alive) against the mock, latency 0.
   B1  throughput: N items, latency 0, max_inflight 256; items/s from the first
@@ -761,7 +761,7 @@ class Bench:
 
     def run_c1(self):
         """C1, c1_runs times (each on a fresh table): the median run is the
-        ceiling. One pgbench run of this machine read 36,000-55,000 items/s
+        ceiling. One pgbench run on this machine read 23,000-55,000 items/s
         back to back on a quiet machine (its 4 clients' SKIP LOCKED scans
         meet each other's locks by chance), so one sample is not a ceiling."""
         n, clients, runs = self.sz["c1_items"], self.sz["c1_clients"], self.sz["c1_runs"]
