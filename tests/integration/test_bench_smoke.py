@@ -59,13 +59,11 @@ def test_bench_quick_prints_every_row(tmp_path):
 
     # B2.loss: its phases are a partition of the span beyond n x latency /
     # window (the integral of the window's idle part, from the mock's own
-    # times): they add up to the total, none is negative, and the slow
-    # start's first round trip is in the first second
+    # times): they add up to the total and none is negative
     loss = doc["details"]["B2"]["losses_s"]
     phases = ("before", "first_s", "steady", "tail", "after", "latency")
     assert all(loss[k] >= -0.001 for k in phases + ("slow_start",)), loss
     assert abs(sum(loss[k] for k in phases) - loss["total"]) < 0.005, loss
-    assert loss["slow_start"] <= loss["first_s"] + 1e-9, loss
 
     # C1: the median of its runs is the ceiling, with its WAL per item
     c1 = doc["details"]["C1"]
